@@ -1,0 +1,246 @@
+"""``export()``: a PyTorch classifier and a target layer in, a checked model folder out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from exporter import check as export_check
+from exporter.errors import ExportError
+from exporter.head_analysis import find_cam_linear, head_reads_pixels
+from exporter.hooks import Capture, on_layer_output
+from exporter.identity import module_class, state_dict_sha256
+from exporter.layers import default_layer, resolve_layer
+from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
+from exporter.onnx_export import OPSET, set_metadata, write_onnx
+from exporter.tracing import explainer_function, head_function, trace
+from onnxcam import contract
+
+log = logging.getLogger("onnxcam.exporter")
+
+TRACE_SEED = 0
+TRACE_BATCH = 2  # a batch of 1 would let the tracer specialise the batch dimension
+
+
+@dataclass
+class ExportReport:
+    """What was written and how well it matches PyTorch."""
+
+    name: str
+    out_dir: Path
+    target_layer: str
+    target_layer_is_default: bool
+    methods: list[str]
+    head_inputs: list[str]
+    activation_shape: list[int]
+    num_classes: int
+    opset: int
+    explainer_check: export_check.CheckResult
+    head_check: export_check.CheckResult
+    seconds: dict[str, float] = field(default_factory=dict)
+    sizes_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.explainer_check.passed and self.head_check.passed
+
+    def max_errors(self) -> dict[str, float]:
+        """Worst relative error per output (head logits as ``head.logits``)."""
+        errors = {name: err.max_rel for name, err in self.explainer_check.errors.items()}
+        errors.update({f"head.{name}": err.max_rel for name, err in self.head_check.errors.items()})
+        return errors
+
+    def summary(self) -> str:
+        worst = max(self.max_errors().values())
+        default = " (default)" if self.target_layer_is_default else ""
+        size = self.sizes_bytes.get(contract.EXPLAINER_FILE, 0) / 2**20
+        return (f"{self.name}: layer {self.target_layer}{default}, A {self.activation_shape}, "
+                f"methods {', '.join(self.methods)}; check {'passed' if self.passed else 'FAILED'} "
+                f"(worst rel error {worst:.2e}); {self.seconds.get('total', 0):.1f} s; explainer {size:.1f} MiB")
+
+
+def _shapes(model: nn.Module, layer: nn.Module, layer_name: str,
+            example: torch.Tensor) -> tuple[torch.Size, torch.Size]:
+    """Activation and logits shapes from one forward; rejects a layer that runs more than once."""
+    capture = Capture()
+    calls = 0
+
+    def count(output: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return capture.as_leaf(output)
+
+    with torch.no_grad(), on_layer_output(layer, count):
+        logits = model(example)
+    if calls > 1:
+        raise ExportError(f"layer {layer_name!r} runs {calls} times in one forward (a shared module); "
+                          "pick a module that runs once, such as the block or norm layer around it")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ExportError(f"the model must return logits [N, classes]; it returned "
+                          f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if capture.activations is None:
+        raise ExportError("the target layer was never called in the forward pass")
+    return capture.activations.shape, logits.shape
+
+
+def _labels(labels: Sequence[str] | None, num_classes: int) -> list[str]:
+    if labels is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    labels = [str(label) for label in labels]
+    if len(labels) != num_classes:
+        raise ExportError(f"{len(labels)} labels given for a model with {num_classes} classes")
+    return labels
+
+
+class _Timer:
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    def step(self, key: str, message: str):
+        log.info("%s...", message)
+        return _TimedStep(self.seconds, key)
+
+
+class _TimedStep:
+    def __init__(self, seconds: dict[str, float], key: str) -> None:
+        self.seconds, self.key = seconds, key
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self.key] = round(time.perf_counter() - self.start, 3)
+
+
+def export(
+    model: nn.Module,
+    target_layer: str | None,
+    out_dir: str | os.PathLike,
+    *,
+    input_size: tuple[int, int] = (224, 224),
+    labels: Sequence[str] | None = None,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    name: str | None = None,
+    resize: int | None = None,
+    source: dict[str, Any] | None = None,
+) -> ExportReport:
+    """Write explainer.onnx, head.onnx and model.json for ``model`` into ``out_dir``.
+
+    ``target_layer`` is a dotted module path; ``None`` picks the last 4-D feature map before
+    global pooling. Both graphs are checked against autograd on ``model`` before they replace
+    anything in ``out_dir``; a failed check raises ExportError and leaves the folder as it was.
+    ``resize`` is the shorter side before the center crop (default: input size * 256/224);
+    ``source`` adds facts (architecture, weights origin) to the recorded identity.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    name = name or out_dir.name
+    seconds: dict[str, float] = {}
+    timer = _Timer(seconds)
+    was_training = model.training
+    model.eval()
+    try:
+        height, width = (int(v) for v in input_size)
+        input_shape = (3, height, width)
+        example = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
+        is_default = target_layer is None
+        if target_layer is None:
+            target_layer = default_layer(model, example)
+            log.info("target layer not given; using %r (last 4-D feature map before pooling)", target_layer)
+        layer = resolve_layer(model, target_layer)
+        activation_shape, logits_shape = _shapes(model, layer, target_layer, example)
+        num_classes = int(logits_shape[1])
+        label_list = _labels(labels, num_classes)
+        cam_weight_name = find_cam_linear(model, layer, activation_shape, input_shape)
+        needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
+        methods = list(contract.GRADIENT_METHODS) + ([contract.CAM_METHOD] if cam_weight_name else [])
+        log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
+                 list(activation_shape[1:]), num_classes, "yes" if cam_weight_name else "no", needs_pixels)
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        explainer_tmp = out_dir / f".{contract.EXPLAINER_FILE}.tmp"
+        head_tmp = out_dir / f".{contract.HEAD_FILE}.tmp"
+        outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
+        outputs += [contract.cam_output(m) for m in methods]
+        target_example = torch.tensor([-1] + [0] * (TRACE_BATCH - 1), dtype=torch.int64)
+        try:
+            with timer.step("trace_explainer", "tracing forward + backward"):
+                graph = trace(explainer_function(model, layer, cam_weight_name), model, example, target_example)
+            with timer.step("onnx_explainer", "writing explainer.onnx"):
+                write_onnx(graph, model, (example, target_example), explainer_tmp,
+                           [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs)
+            head_example: tuple[torch.Tensor, ...] = (torch.randn((TRACE_BATCH, *activation_shape[1:])),)
+            head_inputs = [contract.INPUT_ACTIVATIONS]
+            if needs_pixels:
+                head_example += (example,)
+                head_inputs.append(contract.INPUT_PIXELS)
+            with timer.step("trace_head", "tracing the head (target layer -> logits)"):
+                head_graph = trace(head_function(model, layer, None if needs_pixels else input_shape),
+                                   model, *head_example)
+            with timer.step("onnx_head", "writing head.onnx"):
+                write_onnx(head_graph, model, head_example, head_tmp, head_inputs, [contract.OUTPUT_LOGITS],
+                           head=True)
+            cam_weight = dict(model.named_parameters())[cam_weight_name] if cam_weight_name else None
+            with timer.step("check", "checking both graphs against PyTorch autograd (batch 1 and 3)"):
+                explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
+                                                                num_classes, cam_weight)
+                head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes)
+            failures = explainer_result.failures() + [f"head {f}" for f in head_result.failures()]
+            if failures:
+                raise ExportError(f"export check failed (tolerance {export_check.TOLERANCE:g} relative): "
+                                  + "; ".join(failures))
+            seconds["total"] = round(time.perf_counter() - started, 3)
+            model_json = {
+                "format_version": FORMAT_VERSION,
+                "name": name,
+                "input_size": [height, width],
+                "preprocess": preprocessing((height, width), resize, mean, std),
+                "labels": label_list,
+                "num_classes": num_classes,
+                "target_layer": target_layer,
+                "target_layer_is_default": is_default,
+                "activation_shape": [int(v) for v in activation_shape[1:]],
+                "methods": methods,
+                "gradient_free_methods": list(contract.GRADIENT_FREE_METHODS),
+                "cam_weight": cam_weight_name,
+                "head": {"file": contract.HEAD_FILE, "inputs": head_inputs},
+                "explainer": {"file": contract.EXPLAINER_FILE,
+                              "inputs": [contract.INPUT_PIXELS, contract.INPUT_TARGET], "outputs": outputs},
+                "opset": OPSET,
+                "source": {"module_class": module_class(model), "state_dict_sha256": state_dict_sha256(model),
+                           **(source or {})},
+                "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict()},
+                "export_seconds": dict(seconds),
+                "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+            }
+            metadata = onnx_metadata(model_json)
+            for tmp in (explainer_tmp, head_tmp):
+                set_metadata(tmp, metadata)
+            os.replace(explainer_tmp, out_dir / contract.EXPLAINER_FILE)
+            os.replace(head_tmp, out_dir / contract.HEAD_FILE)
+            write_model_json(out_dir, model_json)
+        finally:
+            for tmp in (explainer_tmp, head_tmp):
+                tmp.unlink(missing_ok=True)
+    finally:
+        model.train(was_training)
+
+    report = ExportReport(
+        name=name, out_dir=out_dir, target_layer=target_layer, target_layer_is_default=is_default,
+        methods=methods, head_inputs=head_inputs, activation_shape=[int(v) for v in activation_shape[1:]],
+        num_classes=num_classes, opset=OPSET, explainer_check=explainer_result, head_check=head_result,
+        seconds=seconds,
+        sizes_bytes={f: (out_dir / f).stat().st_size for f in (contract.EXPLAINER_FILE, contract.HEAD_FILE)},
+    )
+    log.info("%s", report.summary())
+    return report

@@ -1,0 +1,176 @@
+"""The export check: the written graphs in ONNX Runtime against autograd on the original module.
+
+Inputs are fresh random tensors, never the trace example (a graph that froze values seen
+at trace time would pass on those). Errors are reported per output as the max absolute
+difference and that difference relative to the largest magnitude of the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from exporter.cam_formulas import GRADIENT_FORMULAS, cam
+from exporter.errors import ExportError
+from exporter.hooks import Capture, on_layer_output
+from exporter.tracing import resolve_targets
+from onnxcam import contract
+
+TOLERANCE = 1e-4
+CHECK_SEED = 20160604  # any seed other than the trace example's
+
+
+@dataclass
+class OutputError:
+    max_abs: float
+    max_rel: float
+    reference_max: float
+
+    def worst(self, other: OutputError) -> OutputError:
+        return self if self.max_rel >= other.max_rel else other
+
+
+def compare(got: np.ndarray, reference: np.ndarray) -> OutputError:
+    """Max abs error, and that error over max |reference| (absolute where the reference is all zero)."""
+    if got.shape != reference.shape:
+        raise ExportError(f"output shape {got.shape} differs from PyTorch's {reference.shape}")
+    max_abs = float(np.max(np.abs(got.astype(np.float64) - reference))) if got.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return OutputError(max_abs=max_abs, max_rel=max_abs / scale if scale > 0 else max_abs, reference_max=scale)
+
+
+def reference_maps(
+    activations: torch.Tensor, gradients: torch.Tensor, classes: torch.Tensor, cam_weight: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Every map of the graph from A and G by the DESIGN.md formulas, evaluated in float64."""
+    activations, gradients = activations.double(), gradients.double()
+    maps = {contract.cam_output(m): f(activations, gradients) for m, f in GRADIENT_FORMULAS.items()}
+    if cam_weight is not None:
+        maps[contract.cam_output(contract.CAM_METHOD)] = cam(activations, cam_weight.detach().double()[classes])
+    return maps
+
+
+def reference_explain(
+    model: nn.Module, layer: nn.Module, pixels: torch.Tensor, target: torch.Tensor,
+    cam_weight: torch.Tensor | None,
+) -> dict[str, np.ndarray]:
+    """What explainer.onnx must return, from the unmodified module and torch.autograd."""
+    capture = Capture()
+    with torch.enable_grad(), on_layer_output(layer, capture.keep_graph):
+        logits = model(pixels)
+        classes = resolve_targets(logits, target)
+        score = logits.gather(1, classes[:, None]).sum()
+        (gradients,) = torch.autograd.grad(score, capture.activations)
+    activations = capture.activations.detach()
+    out = {
+        contract.OUTPUT_LOGITS: logits.detach(),
+        contract.OUTPUT_ACTIVATIONS: activations,
+        contract.OUTPUT_GRADIENTS: gradients,
+        **reference_maps(activations, gradients, classes, cam_weight),
+    }
+    return {name: value.double().numpy() for name, value in out.items()}
+
+
+def reference_head(model: nn.Module, layer: nn.Module, activations: torch.Tensor, pixels: torch.Tensor) -> np.ndarray:
+    """Logits of the module with the target layer's output replaced by ``activations``."""
+    with torch.no_grad(), on_layer_output(layer, lambda _: activations.clone()):
+        return model(pixels).double().numpy()
+
+
+def _cases(input_shape: tuple[int, int, int], num_classes: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batch 1 (top-1) and batch 3 (explicit targets with a top-1 row between them)."""
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    cases = []
+    for targets in ([-1], [int(torch.randint(num_classes, (1,), generator=generator)), -1, num_classes - 1]):
+        pixels = torch.randn((len(targets), *input_shape), generator=generator)
+        cases.append((pixels, torch.tensor(targets, dtype=torch.int64)))
+    return cases
+
+
+@dataclass
+class CheckResult:
+    """Worst error per output over all cases, and whether all are within tolerance.
+
+    ``errors`` gate the export: logits, activations and gradients against autograd, each map
+    against its formula applied (in float64) to the graph's own A and G. ``end_to_end`` holds
+    each map against the formula on autograd's A and G; it is reported, not gated, because
+    some formulas amplify float32 rounding in A (XGrad-CAM divides by sum_ij A, near zero on
+    pre-ReLU layers), which says nothing about the graph.
+    """
+
+    errors: dict[str, OutputError]
+    batches: list[int]
+    end_to_end: dict[str, OutputError] = field(default_factory=dict)
+    tolerance: float = TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return all(err.max_rel <= self.tolerance for err in self.errors.values())
+
+    def failures(self) -> list[str]:
+        return [f"{name}: rel {err.max_rel:.3g} (abs {err.max_abs:.3g})"
+                for name, err in self.errors.items() if err.max_rel > self.tolerance]
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed, "tolerance_rel": self.tolerance, "batches": self.batches,
+            "outputs": {name: asdict(err) for name, err in self.errors.items()},
+            "maps_end_to_end": {name: asdict(err) for name, err in self.end_to_end.items()},
+        }
+
+
+def _accumulate(errors: dict[str, OutputError], name: str, err: OutputError) -> None:
+    errors[name] = err if name not in errors else errors[name].worst(err)
+
+
+def check_explainer(
+    path: Path, model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int],
+    num_classes: int, cam_weight: torch.Tensor | None,
+) -> CheckResult:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    errors: dict[str, OutputError] = {}
+    end_to_end: dict[str, OutputError] = {}
+    cases = _cases(input_shape, num_classes)
+    for pixels, target in cases:
+        got = dict(zip(names, session.run(names, {contract.INPUT_PIXELS: pixels.numpy(),
+                                                  contract.INPUT_TARGET: target.numpy()}), strict=True))
+        reference = reference_explain(model, layer, pixels, target, cam_weight)
+        if sorted(names) != sorted(reference):
+            raise ExportError(f"graph outputs {names} do not match the contract {sorted(reference)}")
+        classes = resolve_targets(torch.from_numpy(got[contract.OUTPUT_LOGITS]), target)
+        from_graph = reference_maps(torch.from_numpy(got[contract.OUTPUT_ACTIVATIONS]),
+                                    torch.from_numpy(got[contract.OUTPUT_GRADIENTS]), classes, cam_weight)
+        for name, value in got.items():
+            if name in from_graph:
+                _accumulate(errors, name, compare(value, from_graph[name].numpy()))
+                _accumulate(end_to_end, name, compare(value, reference[name]))
+            else:
+                _accumulate(errors, name, compare(value, reference[name]))
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], end_to_end=end_to_end)
+
+
+def check_head(
+    path: Path, model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+) -> CheckResult:
+    """head.onnx on activations with random channels zeroed, as Ablation-CAM feeds it."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    errors: dict[str, OutputError] = {}
+    generator = torch.Generator().manual_seed(CHECK_SEED + 1)
+    cases = _cases(input_shape, num_classes)
+    for pixels, target in cases:
+        activations = torch.from_numpy(
+            reference_explain(model, layer, pixels, target, None)[contract.OUTPUT_ACTIVATIONS]
+        ).float()
+        keep = (torch.rand(activations.shape[:2], generator=generator) > 0.5).float()[:, :, None, None]
+        activations = activations * keep
+        feeds = {contract.INPUT_ACTIVATIONS: activations.numpy(), contract.INPUT_PIXELS: pixels.numpy()}
+        (got,) = session.run([contract.OUTPUT_LOGITS], {name: feeds[name] for name in input_names})
+        _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference_head(model, layer, activations, pixels)))
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases])

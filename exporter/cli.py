@@ -1,0 +1,68 @@
+"""``onnxcam export``: torchvision architectures or a user's own module to a model folder.
+
+Only argparse at import time: torch loads when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("onnxcam.exporter")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a PyTorch classifier to an explainer model folder",
+        description="Export a classifier and a target layer to explainer.onnx + head.onnx + model.json, "
+                    "checked against PyTorch autograd.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--arch", help="torchvision architecture name, e.g. resnet50")
+    source.add_argument("--model-file", metavar="PATH.py:FUNCTION",
+                        help="a Python file and a function in it that returns the nn.Module")
+    parser.add_argument("--weights", help="state_dict file to load into the model (torch.save format)")
+    parser.add_argument("--layer", help="target layer as a dotted module path (default: last feature map)")
+    parser.add_argument("--out", required=True, help="model folder to write, e.g. models/resnet50")
+    parser.add_argument("--name", help="model name (default: the folder name)")
+    parser.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="PX",
+                        help="input height [width] (default 224)")
+    parser.add_argument("--resize", type=int, help="shorter side before the center crop (default size*256/224)")
+    parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
+    parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
+    parser.add_argument("--labels", help="text file with one class label per line")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from exporter import ExportError, export
+    from exporter.sources import load_weights, model_from_file, torchvision_model
+
+    size = args.input_size if len(args.input_size) == 2 else args.input_size * 2
+    try:
+        log.info("building %s", args.arch or args.model_file)
+        model = torchvision_model(args.arch) if args.arch else model_from_file(args.model_file)
+        if args.weights:
+            log.info("loading weights %s", args.weights)
+            load_weights(model, args.weights)
+        labels = None
+        if args.labels:
+            with open(args.labels, encoding="utf-8") as handle:
+                labels = [line.rstrip("\n") for line in handle if line.strip()]
+        source = {"arch": args.arch} if args.arch else {"model_file": args.model_file}
+        if args.weights:
+            source["weights"] = args.weights
+        report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
+                        std=args.std, name=args.name, resize=args.resize, source=source)
+    except ExportError as error:
+        print(f"onnxcam export: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"summary": report.summary(), "max_rel_errors": report.max_errors(),
+                          "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))
+    else:
+        print(report.summary())
+    return 0

@@ -1,0 +1,112 @@
+"""Writing a traced FX graph to ONNX with the dynamo exporter, batch dimension dynamic."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from exporter.errors import ExportError
+from exporter.tracing import detached_state
+
+OPSET = 18
+MAX_BATCH = 4096
+
+
+class _ExplainerModule(nn.Module):
+    """Holds the model (so its weights become initializers) and the traced joint graph."""
+
+    def __init__(self, graph: GraphModule, model: nn.Module) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, target: torch.Tensor):
+        params, buffers = detached_state(self.model)
+        return self.graph_module(params, buffers, pixels, target)
+
+
+class _HeadModule(_ExplainerModule):
+    def forward(self, activations: torch.Tensor, pixels: torch.Tensor | None = None):  # type: ignore[override]
+        params, buffers = detached_state(self.model)
+        if pixels is None:
+            return self.graph_module(params, buffers, activations)
+        return self.graph_module(params, buffers, activations, pixels)
+
+
+def _module_of_op(graph: GraphModule, op_name: str) -> str:
+    """'layer3.0.conv1 (Conv2d)' for the first node calling ``op_name``, from make_fx's module stack."""
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith(op_name):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, cls = list(stack.values())[-1]
+                cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+                return f"{path} ({cls_name})"
+            return "an op outside any module (functional code)"
+    return "an unknown module"
+
+
+def _explain_failure(error: Exception, graph: GraphModule) -> ExportError:
+    text = f"{error}\n{error.__cause__ or ''}"
+    ops = re.findall(r"(?:aten|prims)\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)
+    for op in dict.fromkeys(ops):
+        where = _module_of_op(graph, op.rsplit(".", 1)[0] if op.count(".") == 2 else op)
+        if where != "an unknown module":
+            return ExportError(f"cannot export op {op} from {where} to ONNX: {str(error).splitlines()[0]}")
+    first = next((line for line in str(error).splitlines() if line.strip()), repr(error))
+    return ExportError(f"ONNX export failed: {first}")
+
+
+def write_onnx(
+    graph: GraphModule,
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    head: bool = False,
+) -> None:
+    """Export ``graph`` (with ``model``'s weights) to ``path``; every input has a dynamic batch."""
+    wrapper = (_HeadModule if head else _ExplainerModule)(graph, model)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dynamic = tuple({0: batch} for _ in example)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, example, dynamo=True, dynamic_shapes=dynamic, input_names=input_names,
+                output_names=output_names, opset_version=OPSET, optimize=True, verbose=False,
+            )
+    except Exception as error:  # the exporter raises many types; all become one clear message
+        raise _explain_failure(error, graph) from error
+    if program is None:
+        raise ExportError(f"ONNX export produced nothing:\n{log.getvalue()[-2000:]}")
+    program.save(str(path))
+    _check_io_names(path, input_names, output_names)
+
+
+def _check_io_names(path: Path, input_names: list[str], output_names: list[str]) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    got_in = [i.name for i in model.graph.input]
+    got_out = [o.name for o in model.graph.output]
+    if got_in != input_names or got_out != output_names:
+        raise ExportError(f"exported graph has inputs {got_in} and outputs {got_out}, "
+                          f"expected {input_names} and {output_names}")
+
+
+def set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Write ``metadata`` into the graph's metadata_props so a bare .onnx is self-describing."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))

@@ -1,0 +1,76 @@
+"""Where models come from: torchvision architectures, a user's Python file, a state dict."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exporter.errors import ExportError
+
+
+def _torchvision():
+    """Import torchvision; its CUDA wheel next to a CPU torch needs two op schemas defined first."""
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"]
+    try:
+        torch.ops.torchvision.nms  # noqa: B018  (already registered by a working torchvision)
+    except (AttributeError, RuntimeError):
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBRARIES.append(library)  # keep the definitions alive
+    import torchvision
+
+    return torchvision
+
+
+_LIBRARIES: list = []
+
+
+def torchvision_model(arch: str) -> nn.Module:
+    """A torchvision classifier with random weights (no download ever happens here)."""
+    models = _torchvision().models
+    names = models.list_models(module=models)
+    if arch not in names:
+        import difflib
+
+        near = difflib.get_close_matches(arch, names, n=5, cutoff=0.4)
+        raise ExportError(f"unknown torchvision architecture {arch!r}; did you mean: {', '.join(near) or '-'}")
+    return models.get_model(arch, weights=None)
+
+
+def model_from_file(spec: str) -> nn.Module:
+    """``path.py:build`` -> the nn.Module that ``build()`` in that file returns."""
+    path_text, _, function_name = spec.rpartition(":")
+    if not path_text or not function_name:
+        raise ExportError(f"--model-file wants PATH.py:FUNCTION, got {spec!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ExportError(f"model file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"onnxcam_user_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    build = getattr(module, function_name, None)
+    if build is None:
+        raise ExportError(f"{path} has no function {function_name!r}")
+    model = build()
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"{path}:{function_name}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a state dict (or a checkpoint holding one under 'state_dict'/'model') strictly."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ExportError(f"weights {weights} do not fit the model: {str(error).splitlines()[0]}") from error

@@ -1,0 +1,90 @@
+"""Tracing the forward and backward passes into one FX graph with make_fx.
+
+``torch.export`` cannot trace ``torch.autograd.grad``; ``make_fx`` runs the autograd engine
+while tracing and records the backward ops it executes. Parameters go in through
+``torch.func.functional_call`` and the batch dimension stays symbolic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from exporter.cam_formulas import GRADIENT_FORMULAS, cam
+from exporter.decompositions import ContiguousPoolingInputs, backward_decompositions
+from exporter.hooks import Capture, on_layer_output
+
+Params = dict[str, torch.Tensor]
+
+
+def resolve_targets(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row class: the given index, or the row's top-1 where ``target`` is negative."""
+    return torch.where(target < 0, logits.argmax(dim=1), target)
+
+
+def explainer_function(model: nn.Module, layer: nn.Module, cam_weight_name: str | None) -> Callable:
+    """(params, buffers, pixels, target) -> (logits, activations, gradients, cam_* maps...).
+
+    Rows are independent: the score is the sum of each row's own selected logit, and BatchNorm
+    runs in eval mode, so d score / dA of row n involves row n only.
+    """
+
+    def explain(params: Params, buffers: Params, pixels: torch.Tensor, target: torch.Tensor):
+        capture = Capture()
+        with torch.enable_grad(), on_layer_output(layer, capture.as_leaf):
+            logits = torch.func.functional_call(model, (params, buffers), (pixels,))
+            classes = resolve_targets(logits, target)
+            score = logits.gather(1, classes[:, None]).sum()
+            activations = capture.activations
+            (gradients,) = torch.autograd.grad(score, activations)
+        activations = activations.detach()
+        maps = [formula(activations, gradients) for formula in GRADIENT_FORMULAS.values()]
+        if cam_weight_name is not None:
+            maps.append(cam(activations, params[cam_weight_name][classes]))
+        return (logits.detach(), activations, gradients, *maps)
+
+    return explain
+
+
+def head_function(model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int] | None) -> Callable:
+    """(params, buffers, activations[, pixels]) -> logits: the network after the target layer.
+
+    With ``input_shape`` given, the head does not read the pixels and the prefix runs on
+    zeros that the exporter removes as dead code; otherwise ``pixels`` is a real input.
+    """
+
+    def run_head(params: Params, buffers: Params, activations: torch.Tensor, pixels: torch.Tensor):
+        with torch.no_grad(), on_layer_output(layer, lambda _: activations.clone()):
+            return torch.func.functional_call(model, (params, buffers), (pixels,))
+
+    if input_shape is None:
+        return run_head
+
+    def head_without_pixels(params: Params, buffers: Params, activations: torch.Tensor):
+        zeros = activations.new_zeros((activations.shape[0], *input_shape))
+        return run_head(params, buffers, activations, zeros)
+
+    return head_without_pixels
+
+
+def detached_state(model: nn.Module) -> tuple[Params, Params]:
+    """Parameters and buffers as plain tensors: no weight gradients get traced."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+    return params, buffers
+
+
+def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> GraphModule:
+    """make_fx with a symbolic batch and every backward op decomposed to exportable ops."""
+    params, buffers = detached_state(model)
+    with ContiguousPoolingInputs():
+        return make_fx(
+            function,
+            decomposition_table=backward_decompositions(),
+            tracing_mode="symbolic",
+            record_module_stack=True,
+        )(params, buffers, *example)
