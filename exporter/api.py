@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from exporter.identity import module_class, state_dict_sha256
 from exporter.layers import default_layer, resolve_layer
 from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
-from exporter.tracing import explainer_function, head_function, trace
+from exporter.tracing import explainer_function, forward_function, head_function, trace
 from onnxcam import contract
 
 log = logging.getLogger("onnxcam.exporter")
@@ -46,17 +47,19 @@ class ExportReport:
     opset: int
     explainer_check: export_check.CheckResult
     head_check: export_check.CheckResult
+    forward_check: export_check.CheckResult
     seconds: dict[str, float] = field(default_factory=dict)
     sizes_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.explainer_check.passed and self.head_check.passed
+        return self.explainer_check.passed and self.head_check.passed and self.forward_check.passed
 
     def max_errors(self) -> dict[str, float]:
         """Worst relative error per output (head logits as ``head.logits``)."""
         errors = {name: err.max_rel for name, err in self.explainer_check.errors.items()}
         errors.update({f"head.{name}": err.max_rel for name, err in self.head_check.errors.items()})
+        errors.update({f"forward.{name}": err.max_rel for name, err in self.forward_check.errors.items()})
         return errors
 
     def summary(self) -> str:
@@ -101,6 +104,13 @@ def _labels(labels: Sequence[str] | None, num_classes: int) -> list[str]:
     return labels
 
 
+def _write_cam_linear(path: Path, linear: nn.Linear) -> None:
+    weight = linear.weight.detach().float().numpy()
+    bias = linear.bias.detach().float().numpy() if linear.bias is not None else np.zeros(weight.shape[0], np.float32)
+    with open(path, "wb") as handle:
+        np.savez(handle, weight=weight, bias=bias)
+
+
 class _Timer:
     def __init__(self, seconds: dict[str, float]) -> None:
         self.seconds = seconds
@@ -134,7 +144,7 @@ def export(
     resize: int | None = None,
     source: dict[str, Any] | None = None,
 ) -> ExportReport:
-    """Write explainer.onnx, head.onnx and model.json for ``model`` into ``out_dir``.
+    """Write explainer.onnx, head.onnx, forward.onnx and model.json for ``model`` into ``out_dir``.
 
     ``target_layer`` is a dotted module path; ``None`` picks the last 4-D feature map before
     global pooling. Both graphs are checked against autograd on ``model`` before they replace
@@ -161,21 +171,24 @@ def export(
         activation_shape, logits_shape = _shapes(model, layer, target_layer, example)
         num_classes = int(logits_shape[1])
         label_list = _labels(labels, num_classes)
-        cam_weight_name = find_cam_linear(model, layer, activation_shape, input_shape)
+        cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
         needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
-        methods = list(contract.GRADIENT_METHODS) + ([contract.CAM_METHOD] if cam_weight_name else [])
+        methods = list(contract.GRADIENT_METHODS) + ([contract.CAM_METHOD] if cam_linear else [])
         log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
-                 list(activation_shape[1:]), num_classes, "yes" if cam_weight_name else "no", needs_pixels)
+                 list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         explainer_tmp = out_dir / f".{contract.EXPLAINER_FILE}.tmp"
         head_tmp = out_dir / f".{contract.HEAD_FILE}.tmp"
+        forward_tmp = out_dir / f".{contract.FORWARD_FILE}.tmp"
+        temporaries = {explainer_tmp: contract.EXPLAINER_FILE, head_tmp: contract.HEAD_FILE,
+                       forward_tmp: contract.FORWARD_FILE}
         outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
         outputs += [contract.cam_output(m) for m in methods]
         target_example = torch.tensor([-1] + [0] * (TRACE_BATCH - 1), dtype=torch.int64)
         try:
             with timer.step("trace_explainer", "tracing forward + backward"):
-                graph = trace(explainer_function(model, layer, cam_weight_name), model, example, target_example)
+                graph = trace(explainer_function(model, layer, cam_linear), model, example, target_example)
             with timer.step("onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
                            [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs)
@@ -189,13 +202,20 @@ def export(
                                    model, *head_example)
             with timer.step("onnx_head", "writing head.onnx"):
                 write_onnx(head_graph, model, head_example, head_tmp, head_inputs, [contract.OUTPUT_LOGITS],
-                           head=True)
-            cam_weight = dict(model.named_parameters())[cam_weight_name] if cam_weight_name else None
-            with timer.step("check", "checking both graphs against PyTorch autograd (batch 1 and 3)"):
+                           kind="head")
+            with timer.step("forward", "tracing and writing forward.onnx (pixels -> logits)"):
+                forward_graph = trace(forward_function(model), model, example)
+                write_onnx(forward_graph, model, (example,), forward_tmp, [contract.INPUT_PIXELS],
+                           [contract.OUTPUT_LOGITS], kind="forward")
+            linear = model.get_submodule(cam_linear) if cam_linear else None
+            cam_weight = linear.weight if linear is not None else None
+            with timer.step("check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
                 explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
                                                                 num_classes, cam_weight)
                 head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes)
-            failures = explainer_result.failures() + [f"head {f}" for f in head_result.failures()]
+                forward_result = export_check.check_forward(forward_tmp, model, input_shape, num_classes)
+            failures = (explainer_result.failures() + [f"head {f}" for f in head_result.failures()]
+                        + [f"forward {f}" for f in forward_result.failures()])
             if failures:
                 raise ExportError(f"export check failed (tolerance {export_check.TOLERANCE:g} relative): "
                                   + "; ".join(failures))
@@ -212,25 +232,30 @@ def export(
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
                 "gradient_free_methods": list(contract.GRADIENT_FREE_METHODS),
-                "cam_weight": cam_weight_name,
+                "cam": ({"linear_module": cam_linear, "file": contract.CAM_LINEAR_FILE} if cam_linear else None),
                 "head": {"file": contract.HEAD_FILE, "inputs": head_inputs},
+                "forward": {"file": contract.FORWARD_FILE, "inputs": [contract.INPUT_PIXELS]},
                 "explainer": {"file": contract.EXPLAINER_FILE,
                               "inputs": [contract.INPUT_PIXELS, contract.INPUT_TARGET], "outputs": outputs},
                 "opset": OPSET,
                 "source": {"module_class": module_class(model), "state_dict_sha256": state_dict_sha256(model),
                            **(source or {})},
-                "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict()},
+                "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict(),
+                                 "forward": forward_result.to_dict()},
                 "export_seconds": dict(seconds),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
             }
             metadata = onnx_metadata(model_json)
-            for tmp in (explainer_tmp, head_tmp):
+            for tmp in temporaries:
                 set_metadata(tmp, metadata)
-            os.replace(explainer_tmp, out_dir / contract.EXPLAINER_FILE)
-            os.replace(head_tmp, out_dir / contract.HEAD_FILE)
+            (out_dir / contract.CAM_LINEAR_FILE).unlink(missing_ok=True)
+            if linear is not None:
+                _write_cam_linear(out_dir / contract.CAM_LINEAR_FILE, linear)
+            for tmp, final_name in temporaries.items():
+                os.replace(tmp, out_dir / final_name)
             write_model_json(out_dir, model_json)
         finally:
-            for tmp in (explainer_tmp, head_tmp):
+            for tmp in temporaries:
                 tmp.unlink(missing_ok=True)
     finally:
         model.train(was_training)
@@ -239,8 +264,9 @@ def export(
         name=name, out_dir=out_dir, target_layer=target_layer, target_layer_is_default=is_default,
         methods=methods, head_inputs=head_inputs, activation_shape=[int(v) for v in activation_shape[1:]],
         num_classes=num_classes, opset=OPSET, explainer_check=explainer_result, head_check=head_result,
+        forward_check=forward_result,
         seconds=seconds,
-        sizes_bytes={f: (out_dir / f).stat().st_size for f in (contract.EXPLAINER_FILE, contract.HEAD_FILE)},
+        sizes_bytes={name: (out_dir / name).stat().st_size for name in temporaries.values()},
     )
     log.info("%s", report.summary())
     return report

@@ -174,3 +174,16 @@ def check_head(
         (got,) = session.run([contract.OUTPUT_LOGITS], {name: feeds[name] for name in input_names})
         _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference_head(model, layer, activations, pixels)))
     return CheckResult(errors=errors, batches=[len(t) for _, t in cases])
+
+
+def check_forward(path: Path, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> CheckResult:
+    """forward.onnx against the module's own forward."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    errors: dict[str, OutputError] = {}
+    cases = _cases(input_shape, num_classes)
+    for pixels, _ in cases:
+        (got,) = session.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: pixels.numpy()})
+        with torch.no_grad():
+            reference = model(pixels).double().numpy()
+        _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference))
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases])

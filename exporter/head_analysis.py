@@ -34,7 +34,7 @@ def head_reads_pixels(model: nn.Module, layer: nn.Module, activation_shape: torc
 
 def find_cam_linear(model: nn.Module, layer: nn.Module, activation_shape: torch.Size,
                     input_shape: tuple[int, int, int]) -> str | None:
-    """Name of the Linear weight W when logits = W · mean_ij(A) + b for any A, else None."""
+    """Name of the Linear module (W, b) when logits = W · mean_ij(A) + b for any A, else None."""
     channels = activation_shape[1]
     candidates = [(name, m) for name, m in model.named_modules()
                   if isinstance(m, nn.Linear) and m.in_features == channels]
@@ -49,5 +49,5 @@ def find_cam_linear(model: nn.Module, layer: nn.Module, activation_shape: torch.
         return None
     scale = float(expected.abs().max())
     if torch.allclose(logits, expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
-        return f"{name}.weight"
+        return name
     return None

@@ -33,6 +33,12 @@ class _ExplainerModule(nn.Module):
         return self.graph_module(params, buffers, pixels, target)
 
 
+class _ForwardModule(_ExplainerModule):
+    def forward(self, pixels: torch.Tensor):  # type: ignore[override]
+        params, buffers = detached_state(self.model)
+        return self.graph_module(params, buffers, pixels)
+
+
 class _HeadModule(_ExplainerModule):
     def forward(self, activations: torch.Tensor, pixels: torch.Tensor | None = None):  # type: ignore[override]
         params, buffers = detached_state(self.model)
@@ -72,10 +78,14 @@ def write_onnx(
     path: Path,
     input_names: list[str],
     output_names: list[str],
-    head: bool = False,
+    kind: str = "explainer",
 ) -> None:
-    """Export ``graph`` (with ``model``'s weights) to ``path``; every input has a dynamic batch."""
-    wrapper = (_HeadModule if head else _ExplainerModule)(graph, model)
+    """Export ``graph`` (with ``model``'s weights) to ``path``; every input has a dynamic batch.
+
+    ``kind`` is the graph's signature: explainer (pixels, target), head (activations[, pixels])
+    or forward (pixels).
+    """
+    wrapper = {"explainer": _ExplainerModule, "head": _HeadModule, "forward": _ForwardModule}[kind](graph, model)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in example)
     log = io.StringIO()

@@ -26,7 +26,7 @@ def resolve_targets(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(target < 0, logits.argmax(dim=1), target)
 
 
-def explainer_function(model: nn.Module, layer: nn.Module, cam_weight_name: str | None) -> Callable:
+def explainer_function(model: nn.Module, layer: nn.Module, cam_linear: str | None) -> Callable:
     """(params, buffers, pixels, target) -> (logits, activations, gradients, cam_* maps...).
 
     Rows are independent: the score is the sum of each row's own selected logit, and BatchNorm
@@ -43,8 +43,8 @@ def explainer_function(model: nn.Module, layer: nn.Module, cam_weight_name: str 
             (gradients,) = torch.autograd.grad(score, activations)
         activations = activations.detach()
         maps = [formula(activations, gradients) for formula in GRADIENT_FORMULAS.values()]
-        if cam_weight_name is not None:
-            maps.append(cam(activations, params[cam_weight_name][classes]))
+        if cam_linear is not None:
+            maps.append(cam(activations, params[f"{cam_linear}.weight"][classes]))
         return (logits.detach(), activations, gradients, *maps)
 
     return explain
@@ -69,6 +69,16 @@ def head_function(model: nn.Module, layer: nn.Module, input_shape: tuple[int, in
         return run_head(params, buffers, activations, zeros)
 
     return head_without_pixels
+
+
+def forward_function(model: nn.Module) -> Callable:
+    """(params, buffers, pixels) -> logits: the unmodified network."""
+
+    def forward(params: Params, buffers: Params, pixels: torch.Tensor):
+        with torch.no_grad():
+            return torch.func.functional_call(model, (params, buffers), (pixels,))
+
+    return forward
 
 
 def detached_state(model: nn.Module) -> tuple[Params, Params]:

@@ -1,0 +1,52 @@
+"""Small hand-written CNNs: fast to export, and each exercises a different head shape."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class TinyNet(nn.Module):
+    """conv stages, then global average pool + linear: CAM applies at ``features``."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(conv_bn_relu(3, 8, 2), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class SkipNet(nn.Module):
+    """A skip connection crosses the middle layer: the head also needs the pixels."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, 8, 2)
+        self.middle = conv_bn_relu(8, 8)
+        self.last = nn.Conv2d(8, 8, 3, 1, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        out = torch.relu(self.last(self.middle(stem)) + stem)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random but reproducible weights, with non-trivial BatchNorm statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.abs_().add_(0.5)
+    return model.eval()
