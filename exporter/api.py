@@ -143,6 +143,7 @@ def export(
     name: str | None = None,
     resize: int | None = None,
     source: dict[str, Any] | None = None,
+    tolerance: float = export_check.TOLERANCE,
 ) -> ExportReport:
     """Write explainer.onnx, head.onnx, forward.onnx and model.json for ``model`` into ``out_dir``.
 
@@ -150,7 +151,8 @@ def export(
     global pooling. Both graphs are checked against autograd on ``model`` before they replace
     anything in ``out_dir``; a failed check raises ExportError and leaves the folder as it was.
     ``resize`` is the shorter side before the center crop (default: input size * 256/224);
-    ``source`` adds facts (architecture, weights origin) to the recorded identity.
+    ``source`` adds facts (architecture, weights origin) to the recorded identity; ``tolerance``
+    is the largest relative error the check accepts.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -191,7 +193,7 @@ def export(
                 graph = trace(explainer_function(model, layer, cam_linear), model, example, target_example)
             with timer.step("onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
-                           [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs)
+                           [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs, pixels_example=example)
             head_example: tuple[torch.Tensor, ...] = (torch.randn((TRACE_BATCH, *activation_shape[1:])),)
             head_inputs = [contract.INPUT_ACTIVATIONS]
             if needs_pixels:
@@ -202,22 +204,22 @@ def export(
                                    model, *head_example)
             with timer.step("onnx_head", "writing head.onnx"):
                 write_onnx(head_graph, model, head_example, head_tmp, head_inputs, [contract.OUTPUT_LOGITS],
-                           kind="head")
+                           kind="head", pixels_example=example)
             with timer.step("forward", "tracing and writing forward.onnx (pixels -> logits)"):
                 forward_graph = trace(forward_function(model), model, example)
                 write_onnx(forward_graph, model, (example,), forward_tmp, [contract.INPUT_PIXELS],
-                           [contract.OUTPUT_LOGITS], kind="forward")
+                           [contract.OUTPUT_LOGITS], kind="forward", pixels_example=example)
             linear = model.get_submodule(cam_linear) if cam_linear else None
             cam_weight = linear.weight if linear is not None else None
             with timer.step("check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
                 explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
-                                                                num_classes, cam_weight)
-                head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes)
-                forward_result = export_check.check_forward(forward_tmp, model, input_shape, num_classes)
+                                                                num_classes, cam_weight, tolerance)
+                head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes, tolerance)
+                forward_result = export_check.check_forward(forward_tmp, model, input_shape, num_classes, tolerance)
             failures = (explainer_result.failures() + [f"head {f}" for f in head_result.failures()]
                         + [f"forward {f}" for f in forward_result.failures()])
             if failures:
-                raise ExportError(f"export check failed (tolerance {export_check.TOLERANCE:g} relative): "
+                raise ExportError(f"export check failed (tolerance {tolerance:g} relative): "
                                   + "; ".join(failures))
             seconds["total"] = round(time.perf_counter() - started, 3)
             model_json = {

@@ -130,7 +130,7 @@ def _accumulate(errors: dict[str, OutputError], name: str, err: OutputError) -> 
 
 def check_explainer(
     path: Path, model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int],
-    num_classes: int, cam_weight: torch.Tensor | None,
+    num_classes: int, cam_weight: torch.Tensor | None, tolerance: float = TOLERANCE,
 ) -> CheckResult:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -152,11 +152,13 @@ def check_explainer(
                 _accumulate(end_to_end, name, compare(value, reference[name]))
             else:
                 _accumulate(errors, name, compare(value, reference[name]))
-    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], end_to_end=end_to_end)
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], end_to_end=end_to_end,
+                       tolerance=tolerance)
 
 
 def check_head(
     path: Path, model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+    tolerance: float = TOLERANCE,
 ) -> CheckResult:
     """head.onnx on activations with random channels zeroed, as Ablation-CAM feeds it."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -173,10 +175,11 @@ def check_head(
         feeds = {contract.INPUT_ACTIVATIONS: activations.numpy(), contract.INPUT_PIXELS: pixels.numpy()}
         (got,) = session.run([contract.OUTPUT_LOGITS], {name: feeds[name] for name in input_names})
         _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference_head(model, layer, activations, pixels)))
-    return CheckResult(errors=errors, batches=[len(t) for _, t in cases])
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)
 
 
-def check_forward(path: Path, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> CheckResult:
+def check_forward(path: Path, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+                  tolerance: float = TOLERANCE) -> CheckResult:
     """forward.onnx against the module's own forward."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     errors: dict[str, OutputError] = {}
@@ -186,4 +189,4 @@ def check_forward(path: Path, model: nn.Module, input_shape: tuple[int, int, int
         with torch.no_grad():
             reference = model(pixels).double().numpy()
         _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference))
-    return CheckResult(errors=errors, batches=[len(t) for _, t in cases])
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)

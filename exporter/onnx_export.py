@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
+from exporter.diagnose import describe_op
 from exporter.errors import ExportError
 from exporter.tracing import detached_state
 
@@ -47,28 +48,22 @@ class _HeadModule(_ExplainerModule):
         return self.graph_module(params, buffers, activations, pixels)
 
 
-def _module_of_op(graph: GraphModule, op_name: str) -> str:
-    """'layer3.0.conv1 (Conv2d)' for the first node calling ``op_name``, from make_fx's module stack."""
-    for node in graph.graph.nodes:
-        if node.op == "call_function" and str(node.target).startswith(op_name):
-            stack = node.meta.get("nn_module_stack") or {}
-            if stack:
-                path, cls = list(stack.values())[-1]
-                cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
-                return f"{path} ({cls_name})"
-            return "an op outside any module (functional code)"
-    return "an unknown module"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _explain_failure(error: Exception, graph: GraphModule) -> ExportError:
-    text = f"{error}\n{error.__cause__ or ''}"
+def _explain_failure(error: Exception, model: nn.Module, example: torch.Tensor) -> ExportError:
+    """Name the op and the module it came from; fall back to the exporter's own summary line."""
+    text = _ANSI.sub("", f"{error}\n{error.__cause__ or ''}")
+    summary = next((line.strip() for line in text.splitlines() if "No ONNX function found" in line
+                    or "Error:" in line), text.strip().splitlines()[0] if text.strip() else repr(error))
     ops = re.findall(r"(?:aten|prims)\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", text)
     for op in dict.fromkeys(ops):
-        where = _module_of_op(graph, op.rsplit(".", 1)[0] if op.count(".") == 2 else op)
-        if where != "an unknown module":
-            return ExportError(f"cannot export op {op} from {where} to ONNX: {str(error).splitlines()[0]}")
-    first = next((line for line in str(error).splitlines() if line.strip()), repr(error))
-    return ExportError(f"ONNX export failed: {first}")
+        where = describe_op(model, example, op)
+        if where:
+            return ExportError(f"cannot export op {op} (from module {where}) to ONNX: {summary}")
+    if ops:
+        return ExportError(f"cannot export op {ops[0]} to ONNX: {summary}")
+    return ExportError(f"ONNX export failed: {summary}")
 
 
 def write_onnx(
@@ -78,12 +73,14 @@ def write_onnx(
     path: Path,
     input_names: list[str],
     output_names: list[str],
+    *,
+    pixels_example: torch.Tensor,
     kind: str = "explainer",
 ) -> None:
     """Export ``graph`` (with ``model``'s weights) to ``path``; every input has a dynamic batch.
 
     ``kind`` is the graph's signature: explainer (pixels, target), head (activations[, pixels])
-    or forward (pixels).
+    or forward (pixels). ``pixels_example`` serves only to name the module of an op that fails.
     """
     wrapper = {"explainer": _ExplainerModule, "head": _HeadModule, "forward": _ForwardModule}[kind](graph, model)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
@@ -97,7 +94,7 @@ def write_onnx(
                 output_names=output_names, opset_version=OPSET, optimize=True, verbose=False,
             )
     except Exception as error:  # the exporter raises many types; all become one clear message
-        raise _explain_failure(error, graph) from error
+        raise _explain_failure(error, model, pixels_example) from error
     if program is None:
         raise ExportError(f"ONNX export produced nothing:\n{log.getvalue()[-2000:]}")
     program.save(str(path))

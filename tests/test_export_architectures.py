@@ -1,0 +1,102 @@
+"""Every architecture the product promises exports and passes the autograd check.
+
+Random weights are enough to prove gradients and maps equal PyTorch's; small inputs keep
+the heavy ones affordable (each is still fully traced, exported and checked).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from exporter import export  # noqa: E402
+from exporter.sources import LITE_MEAN, LITE_STD, build_arch  # noqa: E402
+
+# arch, input size, the default layer we expect to be picked
+ARCHITECTURES = [
+    ("resnet18", 64, "layer4"),
+    ("resnet50", 64, "layer4"),
+    ("vgg16", 64, "features"),
+    ("densenet121", 64, "features"),
+    ("mobilenet_v2", 64, "features"),
+    ("mobilenet_v3_large", 64, "features"),
+    ("efficientnet_b0", 64, "features"),
+    ("convnext_tiny", 64, "features"),
+    ("squeezenet1_1", 64, "classifier.2"),
+]
+
+
+def _assert_passed(report) -> None:
+    assert report.passed, report.summary()
+    errors = report.max_errors()
+    assert set(errors) >= {"logits", "activations", "gradients", "cam_gradcam", "head.logits", "forward.logits"}
+    assert max(errors.values()) <= 1e-4
+    print(report.summary())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "size", "layer"), ARCHITECTURES, ids=[a[0] for a in ARCHITECTURES])
+def test_torchvision_architecture_exports_and_passes_the_check(tmp_path: Path, arch: str, size: int,
+                                                               layer: str) -> None:
+    torch.manual_seed(0)
+    report = export(build_arch(arch), None, tmp_path / arch, input_size=(size, size))
+    assert report.target_layer == layer and report.target_layer_is_default
+    _assert_passed(report)
+
+
+@pytest.mark.slow
+def test_inner_layer_needs_convolution_and_pooling_backward(tmp_path: Path) -> None:
+    """densenet's transition avg-pools and convs sit between this layer and the logits."""
+    torch.manual_seed(0)
+    report = export(build_arch("densenet121"), "features.denseblock3", tmp_path / "d", input_size=(64, 64))
+    _assert_passed(report)
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    report = export(build_arch("efficientnet_lite0"), None, tmp_path / "lite0", input_size=(224, 224),
+                    mean=LITE_MEAN, std=LITE_STD)
+    assert report.target_layer == "_bn1"  # the shared `_swish` module is skipped
+    _assert_passed(report)
+
+
+def test_cli_exports_a_users_own_module(tmp_path: Path) -> None:
+    tests_dir = Path(__file__).parent
+    weights = tmp_path / "weights.pt"
+    sys.path.insert(0, str(tests_dir))
+    from tiny_models import TinyNet, seeded
+
+    torch.save(seeded(TinyNet(), seed=9).state_dict(), weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"label {i}\n" for i in range(10)))
+    out = tmp_path / "mine"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxcam.cli", "export", "--model-file", f"{tests_dir / 'tiny_models.py'}:TinyNet",
+         "--weights", str(weights), "--layer", "features.1", "--input-size", "32", "--labels", str(labels),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "check passed" in result.stdout
+    assert "tracing forward + backward" in result.stderr  # progress goes to stderr as it works
+    import json
+
+    info = json.loads((out / "model.json").read_text())
+    assert info["target_layer"] == "features.1" and info["labels"][9] == "label 9"
+    assert info["source"]["weights"] == str(weights)
+    assert info["cam"] is None and not (out / "cam_linear.npz").exists()  # a conv stage follows features.1
+
+
+def test_cli_reports_a_bad_layer_with_exit_code_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxcam.cli", "export", "--arch", "resnet18", "--layer", "layer5",
+         "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "nearest valid names: layer4" in result.stderr
