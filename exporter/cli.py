@@ -14,6 +14,36 @@ log = logging.getLogger("onnxcam.exporter")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_export(subparsers)
+    _register_models(subparsers)
+
+
+def _register_models(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="build the bundled models from their recipes")
+    actions = parser.add_subparsers(dest="models_command", required=True)
+    build = actions.add_parser("build", help="export every recipe in the model repository that is missing or stale")
+    build.add_argument("--models", default="models", help="model repository (default: models)")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument("names", nargs="*", help="only these models")
+    build.set_defaults(handler=run_models_build)
+
+
+def run_models_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from exporter import ExportError
+    from exporter.recipes import build_all
+
+    try:
+        for line in build_all(Path(args.models), force=args.force, only=args.names or None):
+            print(line)
+    except ExportError as error:
+        print(f"onnxcam models build: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a PyTorch classifier to an explainer model folder",
         description="Export a classifier and a target layer to explainer.onnx + head.onnx + model.json, "
