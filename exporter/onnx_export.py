@@ -15,37 +15,34 @@ from torch.fx import GraphModule
 
 from exporter.diagnose import describe_op
 from exporter.errors import ExportError
-from exporter.tracing import detached_state
 
 OPSET = 18
 MAX_BATCH = 4096
 
 
-class _ExplainerModule(nn.Module):
-    """Holds the model (so its weights become initializers) and the traced joint graph."""
+class _GraphModule(nn.Module):
+    """The traced graph (weights inside as constants) behind a named signature for torch.export."""
 
-    def __init__(self, graph: GraphModule, model: nn.Module) -> None:
+    def __init__(self, graph: GraphModule) -> None:
         super().__init__()
         self.graph_module = graph
-        self.model = model
 
+
+class _ExplainerModule(_GraphModule):
     def forward(self, pixels: torch.Tensor, target: torch.Tensor):
-        params, buffers = detached_state(self.model)
-        return self.graph_module(params, buffers, pixels, target)
+        return self.graph_module(pixels, target)
 
 
-class _ForwardModule(_ExplainerModule):
-    def forward(self, pixels: torch.Tensor):  # type: ignore[override]
-        params, buffers = detached_state(self.model)
-        return self.graph_module(params, buffers, pixels)
+class _ForwardModule(_GraphModule):
+    def forward(self, pixels: torch.Tensor):
+        return self.graph_module(pixels)
 
 
-class _HeadModule(_ExplainerModule):
-    def forward(self, activations: torch.Tensor, pixels: torch.Tensor | None = None):  # type: ignore[override]
-        params, buffers = detached_state(self.model)
+class _HeadModule(_GraphModule):
+    def forward(self, activations: torch.Tensor, pixels: torch.Tensor | None = None):
         if pixels is None:
-            return self.graph_module(params, buffers, activations)
-        return self.graph_module(params, buffers, activations, pixels)
+            return self.graph_module(activations)
+        return self.graph_module(activations, pixels)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -82,7 +79,7 @@ def write_onnx(
     ``kind`` is the graph's signature: explainer (pixels, target), head (activations[, pixels])
     or forward (pixels). ``pixels_example`` serves only to name the module of an op that fails.
     """
-    wrapper = {"explainer": _ExplainerModule, "head": _HeadModule, "forward": _ForwardModule}[kind](graph, model)
+    wrapper = {"explainer": _ExplainerModule, "head": _HeadModule, "forward": _ForwardModule}[kind](graph)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in example)
     log = io.StringIO()

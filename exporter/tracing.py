@@ -2,7 +2,8 @@
 
 ``torch.export`` cannot trace ``torch.autograd.grad``; ``make_fx`` runs the autograd engine
 while tracing and records the backward ops it executes. Parameters go in through
-``torch.func.functional_call`` and the batch dimension stays symbolic.
+``torch.func.functional_call`` as detached tensors (no weight gradients get traced) and the
+batch dimension stays symbolic.
 """
 
 from __future__ import annotations
@@ -89,12 +90,20 @@ def detached_state(model: nn.Module) -> tuple[Params, Params]:
 
 
 def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> GraphModule:
-    """make_fx with a symbolic batch and every backward op decomposed to exportable ops."""
+    """make_fx with a symbolic batch and every backward op decomposed to exportable ops.
+
+    Weights are closed over, not traced inputs: as inputs every one of their dimensions would
+    become a symbol too, which makes tracing about ten times slower for nothing.
+    """
     params, buffers = detached_state(model)
+
+    def bound(*inputs: torch.Tensor):
+        return function(params, buffers, *inputs)
+
     with ContiguousPoolingInputs():
         return make_fx(
-            function,
+            bound,
             decomposition_table=backward_decompositions(),
             tracing_mode="symbolic",
-            record_module_stack=True,
-        )(params, buffers, *example)
+            _allow_non_fake_inputs=True,  # the closed-over weights become graph constants
+        )(*example)

@@ -10,9 +10,10 @@ import sys
 
 # subcommand -> module with ``register(subparsers)``; each module keeps its top-level imports light.
 SUBCOMMANDS: dict[str, str] = {
-    "export": "exporter.cli",
+    "export": "exporter.cli",  # also registers `models build`
     "serve": "server.cli",
     "explain": "onnxcam.client_cli",
+    "demo": "onnxcam.demo",
 }
 
 

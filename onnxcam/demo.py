@@ -1,0 +1,168 @@
+"""``onnxcam demo``: build the default model, serve it, explain real photos over gRPC, write a page.
+
+Everything a newcomer needs to see the product work, printed as it happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "ablationcam"]
+STARTUP_TIMEOUT_S = 300.0
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="explain real photos with the default model and write a web page",
+                                   description=__doc__)
+    parser.add_argument("--models", default="models", help="model repository (default: models)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to explain with (default {DEFAULT_MODEL})")
+    parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                        help="methods to show (default: %(default)s; add scorecam for Score-CAM)")
+    parser.add_argument("photos", nargs="*", help="your own photos (default: the bundled ones)")
+    parser.set_defaults(handler=run)
+
+
+def bundled_photos() -> list[Path]:
+    folder = resources.files("onnxcam") / "demo_photos"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def ensure_model(models: Path, name: str) -> None:
+    """Export the model from its recipe when it is missing or stale (needs the export extra)."""
+    try:
+        from exporter.recipes import build_all
+    except ImportError:
+        if (models / name / "model.json").exists():
+            return
+        raise SystemExit(f"model {name} is not built and torch is not installed: pip install -e '.[export]'") from None
+    say(f"checking model {name} (exports from models/{name}/recipe.json when missing or stale; ~1-2 min)")
+    for line in build_all(models, only=[name]):
+        say(line)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(models: Path, port: int) -> subprocess.Popen:
+    say(f"starting the server on 127.0.0.1:{port}")
+    command = [sys.executable, "-m", "onnxcam.cli", "serve", "--models", str(models), "--host", "127.0.0.1",
+               "--port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_serving(client, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with code {server.returncode}:\n{server.stderr.read()[-3000:]}")
+        try:
+            if client.health(timeout=1.0) == "SERVING":
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the server did not become ready in time")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    say("stopping the server (SIGTERM: in-flight requests finish first)")
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    say(f"server stopped (exit code {server.returncode})")
+
+
+def explain_photos(client, model: str, photos: list[Path], methods: list[str], out: Path) -> list[dict]:
+    from onnxcam.client import method_name
+
+    results = []
+    for photo in photos:
+        response = client.explain(photo, model=model, methods=methods, top_k=5, overlay_png=True, timeout=600)
+        say(f"{photo.name}:")
+        for p in response.predictions:
+            say(f"    {p.score:6.1%}  {p.label}  (class {p.index})")
+        t = response.timing
+        say(f"    decode {t.decode_ms:.1f} ms, preprocess {t.preprocess_ms:.1f} ms, queue {t.queue_ms:.1f} ms, "
+            f"inference {t.inference_ms:.1f} ms, postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms")
+        for skipped in response.skipped:
+            say(f"    skipped {method_name(skipped.method)}: {skipped.detail}")
+        shutil.copyfile(photo, out / photo.name)
+        overlays = []
+        for heatmap in response.heatmaps:
+            name = f"{photo.stem}_{method_name(heatmap.method)}.png"
+            (out / name).write_bytes(heatmap.overlay_png)
+            overlays.append((method_name(heatmap.method), heatmap.target_label, name))
+        results.append({"photo": photo.name, "predictions": [(p.label, p.score) for p in response.predictions],
+                        "timing": t, "overlays": overlays})
+    return results
+
+
+def write_index(out: Path, model: str, results: list[dict]) -> Path:
+    """One self-contained page: each photo, its top-5 and its heatmaps side by side."""
+    rows = []
+    for result in results:
+        predictions = "".join(f"<li>{html.escape(label)} <b>{score:.1%}</b></li>"
+                              for label, score in result["predictions"])
+        cells = "".join(
+            f'<figure><img src="{html.escape(file)}"><figcaption>{html.escape(method)}<br>'
+            f"<small>{html.escape(label)}</small></figcaption></figure>" for method, label, file in result["overlays"])
+        t = result["timing"]
+        rows.append(
+            f'<section><figure><img src="{html.escape(result["photo"])}"><figcaption>{html.escape(result["photo"])}'
+            f"</figcaption></figure><div class=preds><ol>{predictions}</ol><small>server total {t.total_ms:.0f} ms "
+            f"(inference {t.inference_ms:.0f} ms)</small></div>{cells}</section>")
+    page = f"""<!doctype html>
+<meta charset="utf-8"><title>onnxcam demo: {html.escape(model)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} section{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start;
+border-bottom:1px solid #ddd;padding:1em 0}} figure{{margin:0;text-align:center}} img{{height:180px}}
+.preds{{width:16em}} ol{{padding-left:1.2em;margin:0}}</style>
+<h1>onnxcam demo</h1><p>Model <b>{html.escape(model)}</b>; heatmaps explain the top-1 class, computed by one
+ONNX Runtime call (the backward pass is inside the graph).</p>
+{"".join(rows)}
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxcam.client import ExplainerClient
+
+    models, out = Path(args.models), Path(args.out)
+    photos = [Path(p) for p in args.photos] or bundled_photos()
+    ensure_model(models, args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(models, port)
+    try:
+        with ExplainerClient(f"127.0.0.1:{port}") as client:
+            wait_until_serving(client, server)
+            say(f"server ready; explaining {len(photos)} photos with {', '.join(args.methods)}")
+            results = explain_photos(client, args.model, photos, args.methods, out)
+    finally:
+        stop_server(server)
+    index = write_index(out, args.model, results)
+    say(f"wrote {index} ({len(results)} photos); open it in a browser: file://{os.path.abspath(index)}")
+    return 0
