@@ -29,7 +29,7 @@ def machine() -> dict:
     for module in ("onnxruntime", "numpy", "torch", "grpc", "pytorch_grad_cam"):
         try:
             info[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
+        except Exception:  # noqa: BLE001 - pytorch_grad_cam's import fails without the torchvision shim
             pass
     return info
 

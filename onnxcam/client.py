@@ -1,0 +1,121 @@
+"""A small Python client for the onnxcam explainer server (grpcio only, no torch, no numpy needed).
+
+    from onnxcam.client import ExplainerClient
+    with ExplainerClient("localhost:50051") as client:
+        response = client.explain("cat.jpg", model="resnet50", methods=["gradcam"], overlay_png=True)
+        for p in response.predictions:
+            print(p.label, p.score)
+        open("overlay.png", "wb").write(response.heatmaps[0].overlay_png)
+
+Errors arrive as ``grpc.RpcError`` with the server's status code and message
+(``error.code()``, ``error.details()``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onnxcam.proto import explainer_pb2 as pb
+from onnxcam.proto import explainer_pb2_grpc as pb_grpc
+
+MIB = 1024 * 1024
+#: The client's side of the server's limits: it sends requests up to 16 MiB and reads responses up to 64 MiB.
+MAX_SEND_BYTES = 16 * MIB
+MAX_RECEIVE_BYTES = 64 * MIB
+
+MethodLike = str | int
+
+
+def method_value(method: MethodLike) -> int:
+    """``"gradcam"``, ``"GRADCAM"``, ``"none"`` or a Method value -> the Method value."""
+    if isinstance(method, int):
+        return method
+    name = method.strip().upper().replace("-", "").replace("_", "").replace("+", "P")
+    if name in ("NONE", "METHODNONE"):
+        return pb.METHOD_NONE
+    try:
+        return pb.Method.Value(name)
+    except ValueError:
+        names = ", ".join(n.lower() for n in pb.Method.keys() if not n.startswith("METHOD_"))
+        raise ValueError(f"unknown method {method!r}; choose from {names} or none") from None
+
+
+def method_name(value: int) -> str:
+    return pb.Method.Name(value).lower() if value in pb.Method.values() else str(value)
+
+
+def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods: Sequence[MethodLike] = (),
+                  targets: Sequence[int] = (), top_k: int = 0, budget_ms: float = 0.0, raw: bool = False,
+                  heatmap_png: bool = False, overlay_png: bool = False, request_id: str = "") -> pb.ExplainRequest:
+    """An ExplainRequest. ``image``: encoded bytes, a file path, or an array-like [3, H, W] that is
+    already preprocessed (sent as a float32 tensor)."""
+    request = pb.ExplainRequest(model=model, methods=[method_value(m) for m in methods], targets=list(targets),
+                                top_k=top_k, budget_ms=budget_ms, raw=raw, heatmap_png=heatmap_png,
+                                overlay_png=overlay_png, request_id=request_id)
+    if isinstance(image, bytes | bytearray | memoryview):
+        request.image = bytes(image)
+    elif isinstance(image, str | os.PathLike):
+        request.image = Path(image).read_bytes()
+    elif hasattr(image, "shape"):
+        request.tensor.shape.extend(int(v) for v in image.shape)
+        request.tensor.data.extend(image.astype("float32").ravel().tolist())
+    else:
+        raise TypeError(f"image must be bytes, a path or an array, not {type(image).__name__}")
+    return request
+
+
+class ExplainerClient:
+    """One channel to a server; thread-safe, cheap to share. ``timeout`` (seconds) is the default deadline."""
+
+    def __init__(self, target: str, *, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ])
+        self.stub = pb_grpc.ExplainerStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    def explain(self, image: bytes | str | os.PathLike | Any, model: str, *, timeout: float | None = None,
+                **options: Any) -> pb.ExplainResponse:
+        """One Explain call; ``options`` are build_request's (methods, targets, top_k, budget_ms, raw,
+        heatmap_png, overlay_png, request_id)."""
+        return self.stub.Explain(build_request(image, model, **options), timeout=self._timeout(timeout))
+
+    def explain_request(self, request: pb.ExplainRequest, *, timeout: float | None = None) -> pb.ExplainResponse:
+        return self.stub.Explain(request, timeout=self._timeout(timeout))
+
+    def explain_stream(self, requests: Iterable[pb.ExplainRequest], *,
+                       timeout: float | None = None) -> Iterator[pb.ExplainResponse]:
+        """Responses in request order; a failed request yields a response with ``error`` set."""
+        return self.stub.ExplainStream(iter(requests), timeout=self._timeout(timeout))
+
+    def list_models(self, *, timeout: float | None = None) -> list[pb.ModelSummary]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout(timeout)).models)
+
+    def metadata(self, model: str, *, timeout: float | None = None) -> pb.ModelMetadata:
+        return self.stub.GetModelMetadata(pb.GetModelMetadataRequest(model=model), timeout=self._timeout(timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """"SERVING", "NOT_SERVING", ... from grpc.health.v1 (``service`` "" is the whole server)."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ExplainerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

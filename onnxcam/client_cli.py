@@ -1,0 +1,70 @@
+"""``onnxcam explain``: send an image to a running server, print the top-k, write the overlay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain", help="ask a running onnxcam server for predictions and a heatmap",
+        description="Send an image to an onnxcam server (onnxcam serve), print the top-k predictions "
+                    "and write the heatmap overlay.")
+    parser.add_argument("image", type=Path, help="JPEG, PNG or WebP file")
+    parser.add_argument("--server", default="localhost:50051", help="host:port (default localhost:50051)")
+    parser.add_argument("--model", required=True, help="model name (as the server lists it)")
+    parser.add_argument("--method", action="append", dest="methods", metavar="METHOD",
+                        help="gradcam (default), gradcampp, xgradcam, layercam, hirescam, cam, ablationcam, "
+                             "scorecam or none; repeat for several")
+    parser.add_argument("--target", action="append", type=int, dest="targets", metavar="CLASS",
+                        help="class index to explain (default: the top-1); repeat for several")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions to print (default 5)")
+    parser.add_argument("--budget-ms", type=float, default=0.0, help="latency budget; 0 = none")
+    parser.add_argument("--out", type=Path, help="overlay PNG to write; with several heatmaps, "
+                        "the method and class go into the name (overlay.gradcam.3.png)")
+    parser.add_argument("--heatmap", type=Path, help="grayscale heatmap PNG to write (named as --out)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+    parser.set_defaults(handler=run)
+
+
+def _path(base: Path, heatmap, several: bool) -> Path:
+    from onnxcam.client import method_name
+
+    if not several:
+        return base
+    return base.with_name(f"{base.stem}.{method_name(heatmap.method)}.{heatmap.target}{base.suffix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from onnxcam.client import ExplainerClient, method_name
+
+    try:
+        with ExplainerClient(args.server, timeout=args.timeout) as client:
+            response = client.explain(args.image, args.model, methods=args.methods or ["gradcam"],
+                                      targets=args.targets or [], top_k=args.top_k, budget_ms=args.budget_ms,
+                                      overlay_png=args.out is not None, heatmap_png=args.heatmap is not None,
+                                      raw=args.out is None and args.heatmap is None)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.image} on {response.model} ({response.timing.total_ms:.1f} ms on the server):")
+    for rank, prediction in enumerate(response.predictions, 1):
+        print(f"{rank:3d}. {prediction.label:<30s} {prediction.score:8.4f}  (class {prediction.index}, "
+              f"logit {prediction.logit:.3f})")
+    for skipped in response.skipped:
+        print(f"skipped {method_name(skipped.method)}: {skipped.detail}")
+    several = len(response.heatmaps) > 1
+    for heatmap in response.heatmaps:
+        for base, data in ((args.out, heatmap.overlay_png), (args.heatmap, heatmap.heatmap_png)):
+            if base is not None and data:
+                path = _path(base, heatmap, several)
+                path.write_bytes(data)
+                print(f"wrote {path} ({method_name(heatmap.method)}, class {heatmap.target} {heatmap.target_label})")
+    return 0

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/onnxcam/v1 (regenerate with ``python protos/generate.py``)."""

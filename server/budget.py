@@ -1,0 +1,70 @@
+"""Latency budget: per-model costs measured at load, and the richest method set that fits.
+
+Costs are per row (one image x one target) at batch 1, in milliseconds. Every graph method comes
+out of the same explainer call, so the first one pays ``explainer_ms`` and the others only their
+postprocessing; gradient-free methods pay their own masked forwards on top. Without any method the
+request runs the plain forward graph (``predict_ms``), which is always paid: predictions are never
+skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.methods import GRAPH_METHODS
+
+#: Subsets are enumerated exhaustively; beyond this many candidates it falls back to greedy order.
+MAX_EXHAUSTIVE = 12
+
+
+@dataclass(frozen=True)
+class Costs:
+    predict_ms: float
+    explainer_ms: float
+    #: Extra cost of a gradient-free method per row, beyond the explainer call.
+    extra_ms: dict[str, float] = field(default_factory=dict)
+    #: Postprocessing of one map per megapixel of output (upsample + PNG + overlay).
+    render_ms_per_mpixel: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        out = {"predict": self.predict_ms, "explainer": self.explainer_ms,
+               "render_per_mpixel": self.render_ms_per_mpixel}
+        out.update(self.extra_ms)
+        return out
+
+
+def set_cost(costs: Costs, methods: Sequence[str], rows: int, render_ms: float) -> float:
+    """Estimated ms for computing ``methods`` for ``rows`` rows, predictions included."""
+    if not methods:
+        return costs.predict_ms
+    total = costs.explainer_ms * rows
+    for method in methods:
+        total += (render_ms + (0.0 if method in GRAPH_METHODS else costs.extra_ms.get(method, 0.0))) * rows
+    return total
+
+
+def select(costs: Costs, methods: Sequence[str], rows: int, available_ms: float,
+           render_ms: float) -> tuple[list[str], list[str]]:
+    """(chosen, skipped): the most methods that fit in ``available_ms``; among equally many, the
+    ones asked for first. Order is kept as requested."""
+    methods = list(methods)
+    if set_cost(costs, methods, rows, render_ms) <= available_ms:
+        return methods, []
+    best: tuple[int, ...] = ()
+    if len(methods) <= MAX_EXHAUSTIVE:
+        for size in range(len(methods), 0, -1):
+            fitting = [combo for combo in itertools.combinations(range(len(methods)), size)
+                       if set_cost(costs, [methods[i] for i in combo], rows, render_ms) <= available_ms]
+            if fitting:  # combinations come in lexicographic order: the earliest-requested set first
+                best = fitting[0]
+                break
+    else:
+        chosen: list[int] = []
+        for i in range(len(methods)):
+            if set_cost(costs, [methods[j] for j in chosen + [i]], rows, render_ms) <= available_ms:
+                chosen.append(i)
+        best = tuple(chosen)
+    chosen_names = [methods[i] for i in best]
+    return chosen_names, [m for m in methods if m not in chosen_names]

@@ -1,0 +1,86 @@
+"""``onnxcam serve``: the gRPC explainer server. Only argparse at import time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from server.config import MIB, ServerConfig
+
+DEFAULTS = ServerConfig()
+
+EPILOG = f"""\
+limits: requests up to --max-receive-mb (default {DEFAULTS.max_receive_bytes // MIB} MiB) and responses up to
+--max-send-mb (default {DEFAULTS.max_send_bytes // MIB} MiB); larger messages fail with RESOURCE_EXHAUSTED.
+Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULTS.max_image_pixels:,}) before
+decoding. A model whose queue holds --max-queue rows answers RESOURCE_EXHAUSTED. gRPC health checking
+(grpc.health.v1) and server reflection are on. SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
+refused, in-flight ones get --grace-s seconds to finish.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve model folders over gRPC (predictions with heatmaps)",
+        description="Load every model folder under --models and serve Explain, ExplainStream, ListModels and "
+                    "GetModelMetadata over gRPC, from ONNX Runtime (no torch needed).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", required=True, type=Path,
+                        help="model repository: a folder of model folders (or one model folder)")
+    parser.add_argument("--host", default=DEFAULTS.host, help=f"address to bind (default {DEFAULTS.host}; "
+                        "0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, default=DEFAULTS.port, help=f"port (default {DEFAULTS.port}; 0 = any "
+                        "free port, logged at start)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
+                        help=f"rows (image x target) per session call (default {DEFAULTS.max_batch})")
+    parser.add_argument("--max-delay-ms", type=float, default=DEFAULTS.max_delay_ms,
+                        help=f"how long a request waits for others to batch with (default {DEFAULTS.max_delay_ms})")
+    parser.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
+                        help=f"rows waiting per model before RESOURCE_EXHAUSTED (default {DEFAULTS.max_queue})")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                        help=f"gRPC worker threads (default {DEFAULTS.workers})")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=DEFAULTS.max_concurrent_rpcs,
+                        help="RPCs in progress before gRPC answers RESOURCE_EXHAUSTED "
+                             f"(default {DEFAULTS.max_concurrent_rpcs})")
+    parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
+                        help="ONNX Runtime intra-op threads per session (default 0 = ONNX Runtime's choice)")
+    parser.add_argument("--inter-op-threads", type=int, default=DEFAULTS.inter_op_threads,
+                        help="ONNX Runtime inter-op threads per session (default 0 = ONNX Runtime's choice)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device,
+                        help="auto: CUDA execution provider first when present, CPU otherwise (default auto)")
+    parser.add_argument("--max-receive-mb", type=float, default=DEFAULTS.max_receive_bytes / MIB,
+                        help="largest request in MiB")
+    parser.add_argument("--max-send-mb", type=float, default=DEFAULTS.max_send_bytes / MIB,
+                        help="largest response in MiB")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULTS.max_image_pixels,
+                        help="largest decoded image, width x height")
+    parser.add_argument("--max-targets", type=int, default=DEFAULTS.max_targets,
+                        help=f"class indices per request (default {DEFAULTS.max_targets})")
+    parser.add_argument("--grace-s", type=float, default=DEFAULTS.grace_s,
+                        help=f"seconds in-flight requests get after SIGTERM (default {DEFAULTS.grace_s:g})")
+    parser.add_argument("--log-requests", action="store_true", help="log one line per request")
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue, workers=args.workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads, device=args.device,
+        max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
+        max_image_pixels=args.max_image_pixels, max_targets=args.max_targets, grace_s=args.grace_s,
+        log_requests=args.log_requests)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from server.app import serve
+
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        logging.getLogger("onnxcam.server").error("%s", error)
+        return 2
+    return serve(args.models, config)

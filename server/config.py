@@ -1,0 +1,61 @@
+"""Server settings and their defaults, in one place so that --help, the docs and the code agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+#: Largest request the server accepts (an encoded image plus fields). gRPC's own default is 4 MiB,
+#: too small for phone photos; a larger request fails with RESOURCE_EXHAUSTED before any decoding.
+DEFAULT_MAX_RECEIVE_BYTES = 16 * MIB
+#: Largest response: overlays and heatmaps at the original image size for several methods and targets.
+DEFAULT_MAX_SEND_BYTES = 64 * MIB
+#: Decoded size limit (width * height), checked from the header before any pixel is decoded: a small
+#: file that expands to gigabytes (a decompression bomb) is refused with INVALID_ARGUMENT.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: Class indices one request may ask to explain (each becomes a row of the batch).
+DEFAULT_MAX_TARGETS = 16
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``onnxcam serve`` can set; tests build one directly."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: Rows (image x target) per session call.
+    max_batch: int = 8
+    #: How long the first request of a batch waits for others.
+    max_delay_ms: float = 2.0
+    #: Rows waiting per model beyond which requests fail with RESOURCE_EXHAUSTED.
+    max_queue: int = 64
+    #: gRPC worker threads: requests handled at once (decode and postprocess run on them).
+    workers: int = 8
+    #: RPCs in progress (streams count once) beyond which gRPC itself answers RESOURCE_EXHAUSTED,
+    #: instead of queueing them without bound behind the worker threads.
+    max_concurrent_rpcs: int = 128
+    #: ONNX Runtime threads per session; 0 lets ONNX Runtime choose.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    #: "auto" puts CUDA first when this onnxruntime build has it; "cpu" forces the CPU provider.
+    device: str = "auto"
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES
+    max_send_bytes: int = DEFAULT_MAX_SEND_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_targets: int = DEFAULT_MAX_TARGETS
+    #: Seconds in-flight requests get to finish after SIGTERM.
+    grace_s: float = 30.0
+    #: Log one line per request (model, methods, status, total ms).
+    log_requests: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
+                    "max_image_pixels", "max_targets")
+        bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
+        bad += [f"{name}={getattr(self, name)}" for name in ("max_delay_ms", "grace_s", "intra_op_threads",
+                                                              "inter_op_threads") if getattr(self, name) < 0]
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad.append(f"device={self.device!r}")
+        if bad:
+            raise ValueError(f"invalid server settings: {', '.join(bad)}")

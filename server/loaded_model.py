@@ -1,0 +1,207 @@
+"""One served model: its sessions, batchers, methods and measured costs.
+
+Loading opens a session per graph, checks the graphs carry the contract's names, warms every session
+up, finds out which methods this server can compute for the model (and why not the others), and
+measures the per-method costs that the latency budget uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from onnxcam import contract
+from onnxcam.proto import explainer_pb2 as pb
+from server import gradient_free_api, heatmaps, imaging
+from server.batcher import Batcher
+from server.budget import Costs
+from server.config import ServerConfig
+from server.model_info import ModelFolderError, ModelInfo
+from server.sessions import check_io, open_session
+
+log = logging.getLogger("onnxcam.server")
+
+#: Timed runs per graph at load (after warm-up); the median is kept.
+TIMING_RUNS = 5
+#: A gradient-free method is timed by one real call when its estimate is below this, else estimated
+#: from masked-forward count x per-row cost and validated on a few channels.
+FULL_MEASURE_LIMIT_MS = 2000.0
+VALIDATION_CHANNELS = 4
+RENDER_PROBE_SIDE = 256
+
+
+def _median_ms(fn: Callable[[], Any], runs: int = TIMING_RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+class LoadedModel:
+    def __init__(self, info: ModelInfo, config: ServerConfig) -> None:
+        self.info = info
+        self.name = info.name
+        self.config = config
+        opened = {}
+        for what, path in (("explainer", info.explainer_file), ("head", info.head_file),
+                           ("forward", info.forward_file)):
+            try:
+                opened[what] = open_session(path, config.device, config.intra_op_threads, config.inter_op_threads)
+            except Exception as error:
+                raise ModelFolderError(f"{path.name} does not load in ONNX Runtime: {error}") from error
+        self.explainer, self.head, self.forward = opened["explainer"], opened["head"], opened["forward"]
+        self.explainer_outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS] + [
+            contract.cam_output(m) for m in info.graph_methods]
+        try:
+            check_io(self.explainer, "explainer.onnx", [contract.INPUT_PIXELS, contract.INPUT_TARGET],
+                     self.explainer_outputs)
+            check_io(self.head, "head.onnx", list(info.head_inputs), [contract.OUTPUT_LOGITS])
+            check_io(self.forward, "forward.onnx", [contract.INPUT_PIXELS], [contract.OUTPUT_LOGITS])
+        except ValueError as error:
+            raise ModelFolderError(str(error)) from error
+        self.providers = list(self.explainer.get_providers())
+        self.linear = self._load_linear()
+        self.gradient_free = gradient_free_api.load()
+        self.methods, self.unavailable = self._methods()
+        self.costs = self._warm_up_and_measure()
+        batch = dict(max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000.0, max_queue=config.max_queue)
+        self.explain_batcher = Batcher(f"{self.name}/explainer", self._run_explainer, **batch)
+        self.predict_batcher = Batcher(f"{self.name}/forward", self._run_forward, **batch)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _load_linear(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.info.cam_linear_file is None:
+            return None
+        try:
+            with np.load(self.info.cam_linear_file) as data:
+                weight, bias = data["weight"].astype(np.float32), data["bias"].astype(np.float32)
+        except Exception as error:
+            raise ModelFolderError(f"{self.info.cam_linear_file.name} is unreadable: {error}") from error
+        k = self.info.activation_shape[0]
+        if weight.shape != (self.info.num_classes, k) or bias.shape != (self.info.num_classes,):
+            raise ModelFolderError(f"{self.info.cam_linear_file.name} has weight {weight.shape}, bias {bias.shape}; "
+                                   f"expected ({self.info.num_classes}, {k}) and ({self.info.num_classes},)")
+        return weight, bias
+
+    def _methods(self) -> tuple[list[str], dict[str, tuple[int, str]]]:
+        """Methods this server computes for the model, and (reason, detail) for every other one."""
+        info = self.info
+        unavailable: dict[str, tuple[int, str]] = {}
+        methods = list(info.graph_methods)
+        if contract.CAM_METHOD not in methods:
+            unavailable[contract.CAM_METHOD] = (pb.Skipped.NOT_SUPPORTED, "CAM needs a global-average-pool + linear "
+                                                "head after the target layer; this model has another head")
+        for method in contract.GRADIENT_METHODS:
+            if method not in methods:
+                unavailable[method] = (pb.Skipped.NOT_SUPPORTED, f"the explainer graph of this model has no "
+                                       f"{contract.cam_output(method)} (re-export it)")
+        for method in contract.GRADIENT_FREE_METHODS:
+            if method not in info.gradient_free_methods:
+                unavailable[method] = (pb.Skipped.NOT_SUPPORTED, f"model.json does not list {method}")
+            elif self.gradient_free.module is None:
+                unavailable[method] = (pb.Skipped.NOT_AVAILABLE, self.gradient_free.reason)
+            else:
+                methods.append(method)
+        return methods, unavailable
+
+    def _warm_up_and_measure(self) -> Costs:
+        h, w = self.info.input_size
+        rng = np.random.default_rng(0)
+        pixels = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        target = np.full((1,), -1, dtype=np.int64)
+        for _ in range(2):  # the first run allocates and compiles kernels; neither belongs in the costs
+            out = self._run_explainer({contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target})
+            self._run_forward({contract.INPUT_PIXELS: pixels})
+        activations = out[contract.OUTPUT_ACTIVATIONS]
+        logits = out[contract.OUTPUT_LOGITS]
+        self.head.run(None, self._head_feed(activations, pixels))
+        explainer_ms = _median_ms(lambda: self._run_explainer({contract.INPUT_PIXELS: pixels,
+                                                               contract.INPUT_TARGET: target}))
+        predict_ms = _median_ms(lambda: self._run_forward({contract.INPUT_PIXELS: pixels}))
+        extra = {}
+        for method in [m for m in self.methods if m in contract.GRADIENT_FREE_METHODS]:
+            try:
+                extra[method] = self._measure_gradient_free(method, pixels, activations, logits)
+            except Exception as error:
+                log.warning("%s: %s fails on this model (%s); it is off", self.name, method, error)
+                self.methods.remove(method)
+                self.unavailable[method] = (pb.Skipped.NOT_AVAILABLE, f"{method} failed on this model at load: "
+                                            f"{error}")
+        return Costs(predict_ms, explainer_ms, extra, self._render_ms_per_mpixel())
+
+    def _head_feed(self, activations: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {contract.INPUT_ACTIVATIONS: activations}
+        if contract.INPUT_PIXELS in self.info.head_inputs:
+            feed[contract.INPUT_PIXELS] = pixels
+        return feed
+
+    def _measure_gradient_free(self, method: str, pixels: np.ndarray, activations: np.ndarray,
+                               logits: np.ndarray) -> float:
+        """Extra ms per row of a gradient-free method, checked to work on this model."""
+        module = self.gradient_free.module
+        k, fh, fw = self.info.activation_shape
+        targets = np.argmax(logits, axis=1).astype(np.int64)
+        rows = min(k, 16)
+        if method == "ablationcam":
+            session, feed = self.head, self._head_feed(np.repeat(activations, rows, 0), np.repeat(pixels, rows, 0))
+        else:
+            session, feed = self.forward, {contract.INPUT_PIXELS: np.repeat(pixels, rows, 0)}
+        per_row_ms = _median_ms(lambda: session.run(None, feed), runs=3) / rows
+        # With the head's linear layer, Ablation-CAM has a closed form without forwards.
+        counted = "ablationcam_linear" if method == "ablationcam" and self.linear is not None else method
+        try:
+            count = int(module.forward_count(counted, k, fh, fw))
+        except Exception as error:
+            log.warning("%s: forward_count(%s) failed (%s); assuming %d forwards", self.name, method, error, k)
+            count = k
+        estimate = count * per_row_ms
+        full = estimate <= FULL_MEASURE_LIMIT_MS
+        start = time.perf_counter()
+        if method == "ablationcam":
+            result = self.ablation_cam(activations, logits, targets, pixels,
+                                       top_r=None if full else min(k, VALIDATION_CHANNELS))
+        else:
+            result = self.score_cam(pixels, activations if full else activations[:, :VALIDATION_CHANNELS], targets)
+        measured = (time.perf_counter() - start) * 1000.0
+        if np.shape(result) != (1, fh, fw):
+            raise ValueError(f"it returned shape {np.shape(result)}, not (1, {fh}, {fw})")
+        return measured if full else estimate
+
+    def _render_ms_per_mpixel(self) -> float:
+        """Upsample + grayscale PNG + overlay of one map on a probe image, per megapixel."""
+        side = RENDER_PROBE_SIDE
+        raw = np.random.default_rng(1).random(self.info.activation_shape[1:], dtype=np.float32)
+        geometry = imaging.Geometry(side, side, 0.0, 0.0, float(side), float(side))
+        rgb = np.zeros((side, side, 3), np.uint8)
+        ms = _median_ms(lambda: heatmaps.render(raw, geometry, rgb, heatmap_png=True, overlay_png=True), runs=3)
+        return ms / (side * side / 1e6)
+
+    # ---- running -------------------------------------------------------------------------------
+    def _run_explainer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.explainer.run(self.explainer_outputs, feed)
+        return dict(zip(self.explainer_outputs, values, strict=True))
+
+    def _run_forward(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (logits,) = self.forward.run([contract.OUTPUT_LOGITS], feed)
+        return {contract.OUTPUT_LOGITS: logits}
+
+    def ablation_cam(self, activations: np.ndarray, logits: np.ndarray, targets: np.ndarray, pixels: np.ndarray,
+                     top_r: int | None = None) -> np.ndarray:
+        needs_pixels = contract.INPUT_PIXELS in self.info.head_inputs
+        return self.gradient_free.module.ablation_cam(
+            self.head, activations, logits, targets, pixels=pixels if needs_pixels else None, linear=self.linear,
+            top_r=top_r)
+
+    def score_cam(self, pixels: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return self.gradient_free.module.score_cam(self.forward, pixels, activations, targets)
+
+    def close(self) -> None:
+        self.explain_batcher.close()
+        self.predict_batcher.close()

@@ -1,0 +1,133 @@
+"""model.json parsed and checked: the only place the server learns what a model folder holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxcam import contract
+
+
+class ModelFolderError(Exception):
+    """A model folder the server cannot serve; the repository logs it and skips the folder."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """RGB, resize the shorter side (bilinear), center crop, x * scale, (x - mean) / std, NCHW."""
+
+    resize_shorter_side: int
+    crop: tuple[int, int]
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: str = "RGB"
+    layout: str = "NCHW"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    folder: Path
+    input_size: tuple[int, int]
+    preprocess: Preprocess
+    labels: tuple[str, ...]
+    num_classes: int
+    target_layer: str
+    activation_shape: tuple[int, int, int]
+    #: Maps the explainer graph outputs (``cam_<method>``).
+    graph_methods: tuple[str, ...]
+    gradient_free_methods: tuple[str, ...]
+    #: cam_linear.npz when the head is global-average-pool + linear, else None.
+    cam_linear_file: Path | None
+    head_file: Path
+    head_inputs: tuple[str, ...]
+    forward_file: Path
+    explainer_file: Path
+    opset: int
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+def _require(data: dict[str, Any], key: str) -> Any:
+    if key not in data:
+        raise ModelFolderError(f"model.json has no {key!r}")
+    return data[key]
+
+
+def _file(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ModelFolderError(f"{name} is missing")
+    return path
+
+
+def _preprocess(data: dict[str, Any], input_size: tuple[int, int]) -> Preprocess:
+    color, layout = data.get("color", "RGB"), data.get("layout", "NCHW")
+    if color != "RGB" or layout != "NCHW":
+        raise ModelFolderError(f"preprocess {color}/{layout} is not supported (RGB/NCHW only)")
+    crop = tuple(int(v) for v in data.get("center_crop", input_size))
+    if crop != input_size:
+        raise ModelFolderError(f"center_crop {list(crop)} differs from input_size {list(input_size)}")
+    mean = tuple(float(v) for v in _require(data, "mean"))
+    std = tuple(float(v) for v in _require(data, "std"))
+    if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0:
+        raise ModelFolderError("preprocess mean and std need 3 values each, std non-zero")
+    resize = int(data.get("resize_shorter_side", min(input_size)))
+    if resize < min(input_size):
+        raise ModelFolderError(f"resize_shorter_side {resize} is smaller than the crop {list(crop)}")
+    return Preprocess(resize_shorter_side=resize, crop=crop, scale=float(data.get("scale", 1 / 255)),
+                      mean=mean, std=std)
+
+
+def load_model_info(folder: Path) -> ModelInfo:
+    """Parse ``folder/model.json`` and check that the files it names exist."""
+    folder = Path(folder)
+    try:
+        data = json.loads(_file(folder, contract.MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"model.json is unreadable: {error}") from error
+    if not isinstance(data, dict):
+        raise ModelFolderError("model.json is not a JSON object")
+    try:
+        input_size = tuple(int(v) for v in _require(data, "input_size"))
+        labels = tuple(str(v) for v in _require(data, "labels"))
+        num_classes = int(_require(data, "num_classes"))
+        activation_shape = tuple(int(v) for v in _require(data, "activation_shape"))
+        methods = tuple(str(m) for m in _require(data, "methods"))
+        cam = data.get("cam")
+        head = data.get("head") or {}
+        forward = data.get("forward") or {}
+        explainer = data.get("explainer") or {}
+        info = ModelInfo(
+            name=str(data.get("name") or folder.name),
+            folder=folder,
+            input_size=input_size,  # type: ignore[arg-type]
+            preprocess=_preprocess(_require(data, "preprocess"), input_size),  # type: ignore[arg-type]
+            labels=labels,
+            num_classes=num_classes,
+            target_layer=str(data.get("target_layer", "")),
+            activation_shape=activation_shape,  # type: ignore[arg-type]
+            graph_methods=methods,
+            gradient_free_methods=tuple(str(m) for m in data.get("gradient_free_methods", ())),
+            cam_linear_file=_file(folder, cam.get("file", contract.CAM_LINEAR_FILE)) if cam else None,
+            head_file=_file(folder, head.get("file", contract.HEAD_FILE)),
+            head_inputs=tuple(head.get("inputs", [contract.INPUT_ACTIVATIONS])),
+            forward_file=_file(folder, forward.get("file", contract.FORWARD_FILE)),
+            explainer_file=_file(folder, explainer.get("file", contract.EXPLAINER_FILE)),
+            opset=int(data.get("opset", 0)),
+            raw=data,
+        )
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ModelFolderError(f"model.json is malformed: {error}") from error
+    if len(info.input_size) != 2 or min(info.input_size) <= 0:
+        raise ModelFolderError(f"input_size {list(info.input_size)} is not [H, W]")
+    if len(info.activation_shape) != 3:
+        raise ModelFolderError(f"activation_shape {list(info.activation_shape)} is not [K, h, w]")
+    if len(labels) != num_classes:
+        raise ModelFolderError(f"{len(labels)} labels for {num_classes} classes")
+    unknown = set(methods) - set(contract.GRADIENT_METHODS) - {contract.CAM_METHOD}
+    if unknown:
+        raise ModelFolderError(f"unknown methods in model.json: {sorted(unknown)}")
+    return info

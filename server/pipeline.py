@@ -1,0 +1,200 @@
+"""One Explain request end to end, without gRPC: decode, preprocess, choose methods, batch, postprocess.
+
+The gRPC service and the in-process benchmark both call ``Pipeline.explain``; every refusal is a
+RequestError carrying its status code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxcam import contract
+from onnxcam.proto import explainer_pb2 as pb
+from server import budget, heatmaps, imaging, methods
+from server.batcher import Batcher, BatchResult
+from server.config import ServerConfig
+from server.errors import deadline, invalid
+from server.loaded_model import LoadedModel
+from server.repository import Repository
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Options:
+    methods: list[str]
+    #: Class indices to explain; empty means the top-1.
+    targets: list[int]
+    top_k: int
+    budget_ms: float
+    raw: bool
+    heatmap_png: bool
+    overlay_png: bool
+
+
+def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: ServerConfig) -> Options:
+    num_classes = model.info.num_classes
+    targets: list[int] = []
+    for target in request.targets:
+        if not 0 <= target < num_classes:
+            raise invalid(f"class index {target} is out of range: model {model.name} has classes 0..{num_classes - 1}")
+        if target not in targets:
+            targets.append(target)
+    if len(targets) > config.max_targets:
+        raise invalid(f"{len(targets)} targets asked for; at most {config.max_targets} per request")
+    if request.top_k < 0:
+        raise invalid(f"top_k must be 0 (default {DEFAULT_TOP_K}) or positive, not {request.top_k}")
+    if not math.isfinite(request.budget_ms) or request.budget_ms < 0:
+        raise invalid(f"budget_ms must be 0 (no budget) or positive, not {request.budget_ms}")
+    any_output = request.raw or request.heatmap_png or request.overlay_png
+    return Options(
+        methods=methods.requested(request.methods),
+        targets=targets,
+        top_k=min(request.top_k or DEFAULT_TOP_K, num_classes),
+        budget_ms=float(request.budget_ms),
+        raw=request.raw or not any_output,
+        heatmap_png=request.heatmap_png,
+        overlay_png=request.overlay_png,
+    )
+
+
+def _ms(start: float, end: float) -> float:
+    return (end - start) * 1000.0
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+class Pipeline:
+    def __init__(self, repository: Repository, config: ServerConfig) -> None:
+        self.repository = repository
+        self.config = config
+
+    def _prepare(self, request: pb.ExplainRequest, model: LoadedModel) -> tuple[imaging.Prepared, float, float]:
+        """(prepared input, decode ms, preprocess ms)."""
+        kind = request.WhichOneof("input")
+        start = time.perf_counter()
+        if kind == "image":
+            image = imaging.decode(request.image, self.config.max_image_pixels)
+            decoded = time.perf_counter()
+            prepared = imaging.prepare_image(image, model.info.preprocess)
+        elif kind == "tensor":
+            data = np.asarray(request.tensor.data, dtype=np.float32)
+            decoded = time.perf_counter()
+            prepared = imaging.prepare_tensor(list(request.tensor.shape), data, model.info.preprocess)
+        else:
+            raise invalid("the request has no input: set image (encoded bytes) or tensor")
+        return prepared, _ms(start, decoded), _ms(decoded, time.perf_counter())
+
+    def _skip(self, model: LoadedModel, wanted: list[str]) -> tuple[list[str], list[pb.Skipped]]:
+        usable, skipped = [], []
+        for name in wanted:
+            if name in model.methods:
+                usable.append(name)
+            else:
+                reason, detail = model.unavailable.get(name, (pb.Skipped.NOT_SUPPORTED, "not supported"))
+                skipped.append(pb.Skipped(method=methods.ENUM_BY_NAME[name], reason=reason, detail=detail))
+        return usable, skipped
+
+    def _budget(self, model: LoadedModel, usable: list[str], options: Options, rows: int, spent_ms: float,
+                pixels: int) -> tuple[list[str], list[pb.Skipped]]:
+        if not options.budget_ms or not usable:
+            return usable, []
+        outputs = options.heatmap_png or options.overlay_png
+        render_ms = model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
+        available = options.budget_ms - spent_ms
+        chosen, left_out = budget.select(model.costs, usable, rows, available, render_ms)
+        skipped = []
+        for name in left_out:
+            need = budget.set_cost(model.costs, chosen + [name], rows, render_ms)
+            skipped.append(pb.Skipped(method=methods.ENUM_BY_NAME[name], reason=pb.Skipped.BUDGET,
+                                      detail=f"needs about {need:.2f} ms with the methods kept; {available:.2f} ms "
+                                             f"of the {options.budget_ms:g} ms budget were left"))
+        return chosen, skipped
+
+    @staticmethod
+    def _wait(batcher: Batcher, feed: dict[str, np.ndarray], deadline_at: float | None) -> BatchResult:
+        future = batcher.submit(feed, deadline_at)
+        timeout = None if deadline_at is None else max(deadline_at - time.monotonic(), 0.0)
+        try:
+            return future.result(timeout=timeout)
+        except (FutureTimeout, CancelledError):
+            future.cancel()
+            raise deadline("the deadline passed before inference finished") from None
+
+    def explain(self, request: pb.ExplainRequest, deadline_at: float | None = None) -> pb.ExplainResponse:
+        """Serve one request; ``deadline_at`` is a time.monotonic() instant or None."""
+        start = time.perf_counter()
+        model = self.repository.get(request.model)
+        options = parse_options(request, model, self.config)
+        prepared, decode_ms, preprocess_ms = self._prepare(request, model)
+        usable, skipped = self._skip(model, options.methods)
+        rows = max(len(options.targets), 1)
+        geometry = prepared.geometry
+        chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
+                                           geometry.height * geometry.width)
+        skipped += over_budget
+        pixels = np.repeat(prepared.pixels[None], rows, axis=0)
+        if chosen:
+            target = np.asarray(options.targets or [-1], dtype=np.int64)
+            result = self._wait(model.explain_batcher, {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target},
+                                deadline_at)
+        else:
+            result = self._wait(model.predict_batcher, {contract.INPUT_PIXELS: pixels[:1]}, deadline_at)
+        inference_ms = result.run_s * 1000.0
+        logits = result.outputs[contract.OUTPUT_LOGITS]
+        targets = np.asarray(options.targets or [int(np.argmax(logits[0]))], dtype=np.int64)
+        maps = {m: result.outputs[contract.cam_output(m)] for m in chosen if m in methods.GRAPH_METHODS}
+        gradient_free_start = time.perf_counter()
+        for name in chosen:
+            if deadline_at is not None and time.monotonic() >= deadline_at:
+                raise deadline("the deadline passed during inference")
+            if name == "ablationcam":
+                maps[name] = model.ablation_cam(result.outputs[contract.OUTPUT_ACTIVATIONS], logits, targets,
+                                                pixels)
+            elif name == "scorecam":
+                maps[name] = model.score_cam(pixels, result.outputs[contract.OUTPUT_ACTIVATIONS],
+                                             targets)
+        post_start = time.perf_counter()
+        inference_ms += _ms(gradient_free_start, post_start)
+        response = pb.ExplainResponse(model=model.name, request_id=request.request_id, skipped=skipped,
+                                      image_height=geometry.height, image_width=geometry.width)
+        self._predictions(response, model, logits[0], options.top_k)
+        self._heatmaps(response, model, chosen, maps, targets, prepared, options)
+        end = time.perf_counter()
+        response.timing.CopyFrom(pb.Timing(
+            decode_ms=decode_ms, preprocess_ms=preprocess_ms, queue_ms=result.queue_s * 1000.0,
+            inference_ms=inference_ms, postprocess_ms=_ms(post_start, end), total_ms=_ms(start, end),
+            batch_rows=result.batch_rows))
+        return response
+
+    @staticmethod
+    def _predictions(response: pb.ExplainResponse, model: LoadedModel, logits: np.ndarray, top_k: int) -> None:
+        probabilities = _softmax(logits)
+        for index in np.argsort(-logits, kind="stable")[:top_k]:
+            response.predictions.add(index=int(index), label=model.info.labels[index],
+                                     score=float(probabilities[index]), logit=float(logits[index]))
+
+    @staticmethod
+    def _heatmaps(response: pb.ExplainResponse, model: LoadedModel, chosen: list[str], maps: dict[str, np.ndarray],
+                  targets: np.ndarray, prepared: imaging.Prepared, options: Options) -> None:
+        for name in chosen:
+            for row, target in enumerate(targets):
+                raw = maps[name][row]
+                heatmap = response.heatmaps.add(method=methods.ENUM_BY_NAME[name], target=int(target),
+                                                target_label=model.info.labels[int(target)])
+                if options.raw:
+                    heatmap.raw.height, heatmap.raw.width = int(raw.shape[0]), int(raw.shape[1])
+                    heatmap.raw.values.extend(raw.ravel().tolist())
+                gray, overlay = heatmaps.render(raw, prepared.geometry, prepared.rgb,
+                                                heatmap_png=options.heatmap_png, overlay_png=options.overlay_png)
+                heatmap.heatmap_png, heatmap.overlay_png = gray, overlay

@@ -1,0 +1,110 @@
+"""The gRPC servicer: status codes on the way out, the pipeline does the work."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+
+from onnxcam.proto import explainer_pb2 as pb
+from onnxcam.proto import explainer_pb2_grpc as pb_grpc
+from server import metadata
+from server.errors import RequestError
+from server.pipeline import Pipeline
+
+log = logging.getLogger("onnxcam.server")
+
+#: Requests of one ExplainStream being worked on at once; the stream stops reading beyond this.
+STREAM_WINDOW = 8
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class ExplainerService(pb_grpc.ExplainerServicer):
+    def __init__(self, pipeline: Pipeline, stream_workers: int = 4, log_requests: bool = False) -> None:
+        self.pipeline = pipeline
+        self.log_requests = log_requests
+        self._stream_pool = ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream")
+
+    def _explain(self, request: pb.ExplainRequest, deadline_at: float | None) -> pb.ExplainResponse:
+        """The pipeline, with unexpected failures turned into INTERNAL and a log line per request."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return self.pipeline.explain(request, deadline_at)
+        except RequestError as error:
+            code = error.code
+            raise
+        except Exception as error:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("request on model %r failed", request.model)
+            raise RequestError(grpc.StatusCode.INTERNAL, f"internal error: {error}") from error
+        finally:
+            if self.log_requests:
+                log.info("explain model=%s methods=%s targets=%s -> %s in %.1f ms", request.model,
+                         [pb.Method.Name(m) if m in pb.Method.values() else m for m in request.methods],
+                         list(request.targets), code.name, (time.perf_counter() - start) * 1000.0)
+
+    def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
+        if self.log_requests:
+            log.info("received explain model=%s", request.model)
+        try:
+            return self._explain(request, deadline_of(context))
+        except RequestError as error:
+            context.abort(error.code, error.message)
+
+    def ExplainStream(self, request_iterator: Iterator[pb.ExplainRequest],
+                      context: grpc.ServicerContext) -> Iterator[pb.ExplainResponse]:
+        """Requests are worked on concurrently (up to STREAM_WINDOW), answered in order."""
+        pending: queue.Queue[tuple[pb.ExplainRequest, Future] | None] = queue.Queue(maxsize=STREAM_WINDOW)
+        deadline_at = deadline_of(context)
+
+        def _put(entry: tuple[pb.ExplainRequest, Future] | None) -> bool:
+            try:
+                pending.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                return False
+
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    entry = (request, self._stream_pool.submit(self._explain, request, deadline_at))
+                    while not _put(entry):
+                        if not context.is_active():
+                            return
+            except Exception as error:  # the client went away mid-stream
+                log.debug("stream reader stopped: %s", error)
+            finally:
+                while not _put(None) and context.is_active():
+                    pass
+
+        threading.Thread(target=read, name="stream-reader", daemon=True).start()
+        while (entry := pending.get()) is not None:
+            request, future = entry
+            try:
+                yield future.result()
+            except RequestError as error:
+                yield pb.ExplainResponse(model=request.model, request_id=request.request_id,
+                                         error=pb.Error(code=error.code.value[0], message=error.message))
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        models = self.pipeline.repository.models
+        return pb.ListModelsResponse(models=[metadata.summary(models[name]) for name in sorted(models)])
+
+    def GetModelMetadata(self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext) -> pb.ModelMetadata:
+        try:
+            return metadata.metadata(self.pipeline.repository.get(request.model))
+        except RequestError as error:
+            context.abort(error.code, error.message)
+
+    def close(self) -> None:
+        self._stream_pool.shutdown(wait=True)
