@@ -22,6 +22,9 @@ from exporter.tracing import resolve_targets
 from onnxcam import contract
 
 TOLERANCE = 1e-4
+#: A map fails only beyond this many times its rounding floor (and beyond TOLERANCE).
+FLOOR_FACTOR = 10.0
+FLOAT32_EPS = 2.0**-23
 CHECK_SEED = 20160604  # any seed other than the trace example's
 
 
@@ -30,9 +33,21 @@ class OutputError:
     max_abs: float
     max_rel: float
     reference_max: float
+    #: For maps: how far the formula's float64 value moves when A and G move by float32 rounding
+    #: (see ``rounding_floor``); large where the formula is ill-conditioned (XGrad-CAM divides by
+    #: sum_ij A, which cancels to near zero on pre-ReLU layers).
+    float32_floor_rel: float = 0.0
 
     def worst(self, other: OutputError) -> OutputError:
-        return self if self.max_rel >= other.max_rel else other
+        return self if self.excess >= other.excess else other
+
+    def allowed(self, tolerance: float) -> float:
+        """An output fails only beyond both the tolerance and what float32 itself must give away."""
+        return max(tolerance, FLOOR_FACTOR * self.float32_floor_rel)
+
+    @property
+    def excess(self) -> float:
+        return self.max_rel / self.allowed(TOLERANCE)
 
 
 def compare(got: np.ndarray, reference: np.ndarray) -> OutputError:
@@ -53,6 +68,29 @@ def reference_maps(
     if cam_weight is not None:
         maps[contract.cam_output(contract.CAM_METHOD)] = cam(activations, cam_weight.detach().double()[classes])
     return maps
+
+
+def rounding_floor(
+    activations: torch.Tensor, gradients: torch.Tensor, classes: torch.Tensor, cam_weight: torch.Tensor | None,
+    exact: dict[str, torch.Tensor], draws: int = 3,
+) -> dict[str, float]:
+    """Relative change of each map when A and G carry float32-sized errors.
+
+    A float32 sum of n = h*w terms errs by about eps * sqrt(n) of its terms' size, so A and G
+    are perturbed by that relative amount (random signs) and the formulas re-evaluated in float64.
+    Where a map is ill-conditioned no float32 implementation, ours or pytorch-grad-cam's, can do
+    better than this.
+    """
+    generator = torch.Generator().manual_seed(CHECK_SEED + 2)
+    size = FLOAT32_EPS * float(activations.shape[2] * activations.shape[3]) ** 0.5
+    floors = dict.fromkeys(exact, 0.0)
+    for _ in range(draws):
+        noise_a = 1 + size * (2 * torch.rand(activations.shape, generator=generator, dtype=torch.float64) - 1)
+        noise_g = 1 + size * (2 * torch.rand(gradients.shape, generator=generator, dtype=torch.float64) - 1)
+        moved = reference_maps(activations * noise_a, gradients * noise_g, classes, cam_weight)
+        for name, value in moved.items():
+            floors[name] = max(floors[name], compare(value.numpy(), exact[name].numpy()).max_rel)
+    return floors
 
 
 def reference_explain(
@@ -97,7 +135,8 @@ class CheckResult:
     """Worst error per output over all cases, and whether all are within tolerance.
 
     ``errors`` gate the export: logits, activations and gradients against autograd, each map
-    against its formula applied (in float64) to the graph's own A and G. ``end_to_end`` holds
+    against its formula applied (in float64) to the graph's own A and G, allowed the larger of
+    the tolerance and FLOOR_FACTOR times its float32 rounding floor on those A and G. ``end_to_end`` holds
     each map against the formula on autograd's A and G; it is reported, not gated, because
     some formulas amplify float32 rounding in A (XGrad-CAM divides by sum_ij A, near zero on
     pre-ReLU layers), which says nothing about the graph.
@@ -110,15 +149,16 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return all(err.max_rel <= self.tolerance for err in self.errors.values())
+        return all(err.max_rel <= err.allowed(self.tolerance) for err in self.errors.values())
 
     def failures(self) -> list[str]:
-        return [f"{name}: rel {err.max_rel:.3g} (abs {err.max_abs:.3g})"
-                for name, err in self.errors.items() if err.max_rel > self.tolerance]
+        return [f"{name}: rel {err.max_rel:.3g} (abs {err.max_abs:.3g}, allowed {err.allowed(self.tolerance):.3g})"
+                for name, err in self.errors.items() if err.max_rel > err.allowed(self.tolerance)]
 
     def to_dict(self) -> dict:
         return {
-            "passed": self.passed, "tolerance_rel": self.tolerance, "batches": self.batches,
+            "passed": self.passed, "tolerance_rel": self.tolerance, "float32_floor_factor": FLOOR_FACTOR,
+            "batches": self.batches,
             "outputs": {name: asdict(err) for name, err in self.errors.items()},
             "maps_end_to_end": {name: asdict(err) for name, err in self.end_to_end.items()},
         }
@@ -144,11 +184,15 @@ def check_explainer(
         if sorted(names) != sorted(reference):
             raise ExportError(f"graph outputs {names} do not match the contract {sorted(reference)}")
         classes = resolve_targets(torch.from_numpy(got[contract.OUTPUT_LOGITS]), target)
-        from_graph = reference_maps(torch.from_numpy(got[contract.OUTPUT_ACTIVATIONS]),
-                                    torch.from_numpy(got[contract.OUTPUT_GRADIENTS]), classes, cam_weight)
+        graph_a = torch.from_numpy(got[contract.OUTPUT_ACTIVATIONS]).double()
+        graph_g = torch.from_numpy(got[contract.OUTPUT_GRADIENTS]).double()
+        from_graph = reference_maps(graph_a, graph_g, classes, cam_weight)
+        floors = rounding_floor(graph_a, graph_g, classes, cam_weight, from_graph)
         for name, value in got.items():
             if name in from_graph:
-                _accumulate(errors, name, compare(value, from_graph[name].numpy()))
+                error = compare(value, from_graph[name].numpy())
+                error.float32_floor_rel = floors[name]
+                _accumulate(errors, name, error)
                 _accumulate(end_to_end, name, compare(value, reference[name]))
             else:
                 _accumulate(errors, name, compare(value, reference[name]))

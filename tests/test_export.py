@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from autograd_reference import activations_and_gradients, maps, rel_error  # noqa: E402
-from tiny_models import SkipNet, TinyNet, seeded  # noqa: E402
+from tiny_models import PoolNet, SkipNet, TinyNet, seeded  # noqa: E402
 
 from exporter import ExportError, export  # noqa: E402
 from onnxcam import contract  # noqa: E402
@@ -119,6 +119,18 @@ def test_skip_connection_across_the_layer_makes_the_head_read_pixels(tmp_path: P
     (got,) = _session(tmp_path / "skip", contract.HEAD_FILE).run(
         ["logits"], {"activations": a.numpy(), "pixels": pixels.numpy()})
     assert rel_error(got, logits) < 1e-5
+
+
+def test_backward_through_every_kind_of_pooling(tmp_path: Path) -> None:
+    """avg_pool2d (padding, ceil_mode) and adaptive pooling backward are our decompositions."""
+    model = seeded(PoolNet(), seed=4)
+    report = export(model, "stem", tmp_path / "pool", input_size=(30, 30))
+    assert report.passed
+    pixels = _pixels(2, seed=8, size=30)
+    _, a, g, _ = activations_and_gradients(model, model.stem, pixels, [2, -1])
+    got = _session(tmp_path / "pool").run(["gradients"], {"pixels": pixels.numpy(),
+                                                          "target": np.array([2, -1], dtype=np.int64)})[0]
+    assert rel_error(got, g) < 1e-5
 
 
 def test_wrong_layer_name_lists_the_nearest(tmp_path: Path) -> None:

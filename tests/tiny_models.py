@@ -39,6 +39,22 @@ class SkipNet(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
+class PoolNet(nn.Module):
+    """Average, max and adaptive pooling between the target (``stem``) and the logits."""
+
+    def __init__(self, num_classes: int = 6) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, 8)
+        self.body = nn.Sequential(
+            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), conv_bn_relu(8, 8),
+            nn.MaxPool2d(2), conv_bn_relu(8, 12), nn.AvgPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(3),
+        )
+        self.fc = nn.Linear(12 * 9, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.body(self.stem(x)), 1))
+
+
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random but reproducible weights, with non-trivial BatchNorm statistics."""
     generator = torch.Generator().manual_seed(seed)
