@@ -1,0 +1,42 @@
+"""Run every benchmark, one after the other, each in its own process.
+
+    python bench/run.py [--quick] [--only overhead gradient_free server_load]
+
+--quick finishes in about two minutes and is what CI runs (it checks that the harness works,
+never a timing). Without it: the full runs whose tables are in the README. Each script prints its
+table and writes bench/results/<name>.json with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+SCRIPTS = ["overhead", "gradient_free", "server_load"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS)
+    args = parser.parse_args(argv)
+    failed = []
+    for name in args.only:
+        print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *(["--quick"] if args.quick else [])],
+                                cwd=BENCH.parent)
+        print(f"=== {name}: exit {result.returncode} after {time.perf_counter() - started:.0f} s ===", flush=True)
+        if result.returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

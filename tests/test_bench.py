@@ -1,0 +1,26 @@
+"""The benchmark harness runs end to end in quick mode (no timing is checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_write_results() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    results = ROOT / "bench" / "results"
+    overhead = json.loads((results / "overhead-quick.json").read_text())
+    assert overhead["machine"]["cores"] >= 1
+    assert overhead["overhead"] and all(row["forward_ms"] > 0 and row["explain_ms"] > 0
+                                        for row in overhead["overhead"])
+    load = json.loads((results / "server-load-quick.json").read_text())
+    assert load["machine"]["cpu"]
