@@ -19,8 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import interleaved  # noqa: E402
+
 from onnxcam.client import ExplainerClient, build_request  # noqa: E402
 from server.app import ExplainerServer  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from server.repository import load_repository  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "server_latency.json"
-
-
-def interleaved(functions: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call, round-robin between the functions so that noise hits all of them alike."""
-    for function in functions.values():
-        for _ in range(warmup):
-            function()
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def tiny_model() -> Path:
