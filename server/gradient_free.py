@@ -1,0 +1,401 @@
+"""Gradient-free CAM methods on ONNX Runtime: Ablation-CAM, Score-CAM and ReciproCAM.
+
+numpy and onnxruntime only (no torch). Every function takes the explainer run's outputs
+(activations A [N, K, h, w], logits, resolved targets [N]) plus a session on one of the
+exported graphs, and returns raw maps [N, h, w] at feature resolution, ReLU'd, before any
+display normalisation (DESIGN.md):
+
+- Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y_c - y_c^(k)) / y_c, y_c^(k) the class score
+  with channel k of A set to zero; map = ReLU(sum_k w_k A_k). Rows of masked copies of A go
+  through ``head.onnx``; with the head's linear layer (head = GAP + linear) the closed form
+  w_k = W_ck * mean(A_k) / y_c needs no forward at all.
+- Score-CAM (Wang et al. 2020, weights as in pytorch-grad-cam): each A_k upsampled to the input
+  size (bilinear, half-pixel centres), min-max normalised, multiplies the input; w = softmax over
+  k of the target's softmax score on those inputs (``forward.onnx``); map = ReLU(sum_k w_k A_k).
+- ReciproCAM (Byun & Lee 2022): h*w spatially masked copies of A through ``head.onnx``;
+  map[i, j] = the target's softmax score of copy (i, j).
+
+The cost of each is known before running (``forward_count``), so a latency budget can decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxcam import contract
+
+ABLATION = "ablationcam"
+#: Ablation-CAM by the closed form (head = GAP + linear, ``linear`` given): no forward at all.
+ABLATION_LINEAR = "ablationcam_linear"
+SCORE = "scorecam"
+RECIPRO = "reciprocam"
+METHODS: tuple[str, ...] = (ABLATION, ABLATION_LINEAR, SCORE, RECIPRO)
+
+#: Score-CAM's min-max normalisation epsilon, (a - min) / (max - min + eps), as pytorch-grad-cam.
+SCORE_CAM_EPS = 1e-8
+#: ReciproCAM's 3x3 Gaussian mosaic kernel (Byun & Lee; their reference code).
+RECIPRO_KERNEL = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# cost
+
+
+def forward_count(method: str, channels: int, height: int, width: int, *, top_r: int | None = None,
+                  chunk_size: int = 256) -> int:
+    """Rows one target sends through head.onnx / forward.onnx, known before running.
+
+    ``channels``, ``height``, ``width`` are the activation map's K, h, w. Counts per target:
+
+    - ``ablationcam``: one row per ablated channel (K, or min(top_r, K)) plus one unablated
+      baseline row (y_c and y_c^(k) then come from the same graph, see ``ablation_cam``);
+    - ``ablationcam_linear`` (closed form): 0;
+    - ``scorecam``: K;
+    - ``reciprocam``: h * w.
+
+    This is exact in general and an upper bound when some channels are degenerate: Ablation-CAM
+    skips channels that are zero everywhere (ablating them changes nothing, and A_k = 0 adds
+    nothing to the map); Score-CAM sends all constant channels (their masks are zero, so their
+    masked inputs are all-zero images) through one shared all-zero row. Rows are packed across
+    the images of a call in runs of ``chunk_size`` (head) or ``batch_size`` (Score-CAM), so a call
+    makes ceil(N * count / chunk_size) session runs at most.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if min(channels, height, width) < 1:
+        raise ValueError(f"activation shape must be positive, got K={channels}, h={height}, w={width}")
+    if method == ABLATION:
+        return _ablated_channels(channels, top_r) + 1
+    if method == ABLATION_LINEAR:
+        return 0
+    if method == SCORE:
+        return channels
+    if method == RECIPRO:
+        return height * width
+    raise ValueError(f"unknown gradient-free method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+def _ablated_channels(channels: int, top_r: int | None) -> int:
+    if top_r is None:
+        return channels
+    if top_r < 1:
+        raise ValueError(f"top_r must be positive, got {top_r}")
+    return min(top_r, channels)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check(activations: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    activations = np.ascontiguousarray(activations, dtype=np.float32)
+    if activations.ndim != 4:
+        raise ValueError(f"activations must be [N, K, h, w], got shape {activations.shape}")
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if targets.shape[0] != activations.shape[0]:
+        raise ValueError(f"{targets.shape[0]} targets for {activations.shape[0]} images")
+    if (targets < 0).any():
+        raise ValueError("targets must be resolved class indices (no -1)")
+    return activations, targets
+
+
+def _check_classes(targets: np.ndarray, num_classes: int) -> None:
+    if len(targets) and targets.max() >= num_classes:
+        raise ValueError(f"target class {int(targets.max())} out of range for {num_classes} classes")
+
+
+def _needs_pixels(session: ort.InferenceSession, pixels: np.ndarray | None, n: int) -> np.ndarray | None:
+    names = [i.name for i in session.get_inputs()]
+    if contract.INPUT_PIXELS not in names:
+        return None
+    if pixels is None:
+        raise ValueError("this head.onnx reads the pixels too (model.json head.inputs); pass pixels=")
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.shape[0] != n:
+        raise ValueError(f"{pixels.shape[0]} pixel rows for {n} images")
+    return pixels
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    """ceil(total / size) runs of at most ``size`` rows, as even as can be: no 1-row tail run
+    (a head that starts with a large dense layer streams its whole weight matrix per run)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, got {size}")
+    runs = -(-total // size)
+    start = 0
+    for run in range(runs):
+        stop = start + total // runs + (1 if run < total % runs else 0)
+        yield slice(start, stop)
+        start = stop
+
+
+def _run_head(head: ort.InferenceSession, rows: np.ndarray, pixel_rows: np.ndarray | None) -> np.ndarray:
+    feeds = {contract.INPUT_ACTIVATIONS: rows}
+    if pixel_rows is not None:
+        feeds[contract.INPUT_PIXELS] = pixel_rows
+    (logits,) = head.run([contract.OUTPUT_LOGITS], feeds)
+    return logits
+
+
+def _softmax_at(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """softmax(logits[r])[classes[r]] per row, in float64."""
+    _check_classes(classes, logits.shape[1])
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp[np.arange(len(classes)), classes] / exp.sum(axis=1)
+
+
+def _weighted_map(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """ReLU(sum_k w_k A_k) for weights [N, K], accumulated in float64."""
+    cam = np.einsum("nk,nkij->nij", weights.astype(np.float64), activations.astype(np.float64))
+    return np.maximum(cam, 0.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablation-CAM
+
+
+def ablation_cam(head: ort.InferenceSession, activations: np.ndarray, logits: np.ndarray, targets: np.ndarray, *,
+                 pixels: np.ndarray | None = None, linear: tuple[np.ndarray, np.ndarray] | None = None,
+                 chunk_size: int = 256, top_r: int | None = None) -> np.ndarray:
+    """Ablation-CAM maps [N, h, w] (raw, ReLU'd).
+
+    ``logits`` are the explainer run's; y_c = logits[n, targets[n]] is the denominator.
+
+    With ``linear`` = (weight [C, K], bias [C]) of a GAP + linear head (cam_linear.npz), zeroing
+    channel k lowers y_c by exactly W_ck * mean(A_k), so w_k = W_ck * mean(A_k) / y_c: no forward,
+    and ``top_r``/``chunk_size`` are ignored.
+
+    Otherwise rows of A with one channel zeroed run through ``head`` (``pixels`` too when the
+    head reads them), ``chunk_size`` rows per session run, packed across images. One unablated
+    row per image runs with them and gives the y_c of the difference y_c - y_c^(k): the ablation
+    effect of one channel is ~y_c/K, so a y_c from the explainer graph, which rounds differently
+    from head.onnx, would put a systematic error of ~K * 1e-7 relative on every weight.
+    Channels that are zero everywhere are skipped (their weight cannot matter: A_k = 0).
+
+    ``top_r``: ablate only the r channels of largest positive activation energy
+    sum_ij ReLU(A_kij)^2 (plain energy on post-ReLU layers); the others get weight 0. Cost falls
+    from K + 1 to r + 1 rows per image, but the map is an approximation: the contributions
+    w_k A_k of the channels left out are lost, and nothing guarantees that low-energy channels
+    carry small weights. Measured (bench/gradient_free.py --top-r-study, bench/gradient_free.md) on
+    EfficientNet-Lite0 with its ImageNet weights at ``_bn1`` (K = 1280, 224 px, 6 photos, top-1
+    class; maps min-max normalised as displayed, compared with the full map): r = 640 (50%)
+    max abs diff 0.002 mean / 0.015 worst, Pearson 1.000; r = 320 (25%) 0.023 / 0.106, Pearson
+    0.999, same peak 5/6; r = 128 (10%) 0.069 / 0.182, Pearson 0.997; r = 64 (5%) 0.18 / 0.51,
+    Pearson 0.98. Ranking by the signed energy sum_ij A^2 instead is useless on such a
+    pre-activation (BatchNorm) layer: r = 640 already gives max abs diff 0.55 mean, Pearson 0.78,
+    because the largest-energy channels there are strongly negative ones that the head's ReLU6
+    silences anyway.
+    """
+    activations, targets = _check(activations, targets)
+    n, k, h, w = activations.shape
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] != n:
+        raise ValueError(f"logits must be [N={n}, C], got shape {logits.shape}")
+    _check_classes(targets, logits.shape[1])
+    if n == 0:
+        return np.zeros((0, h, w), np.float32)
+    score = logits[np.arange(n), targets].astype(np.float64)
+
+    if linear is not None:
+        weight = np.asarray(linear[0], dtype=np.float64)
+        if weight.ndim != 2 or weight.shape[1] != k:
+            raise ValueError(f"linear weight must be [C, K={k}], got shape {weight.shape}")
+        drops = weight[targets] * activations.astype(np.float64).mean(axis=(2, 3))
+        return _weighted_map(_relative(drops, score), activations)
+
+    r = _ablated_channels(k, top_r)
+    channels = None
+    if r < k:
+        energy = np.square(np.maximum(activations, 0).astype(np.float64)).sum(axis=(2, 3))
+        channels = [np.argsort(-e, kind="stable")[:r] for e in energy]
+    drops = ablation_drops(head, activations, targets, channels=channels, pixels=pixels, chunk_size=chunk_size)
+    return _weighted_map(_relative(drops, score), activations)
+
+
+def ablation_drops(head: ort.InferenceSession, activations: np.ndarray, targets: np.ndarray, *,
+                   channels: list[np.ndarray] | None = None, pixels: np.ndarray | None = None,
+                   chunk_size: int = 256) -> np.ndarray:
+    """y_c - y_c^(k) [N, K] (float64) from masked rows through ``head``; 0 where not ablated.
+
+    ``channels[n]``: the channels of image n to ablate (default all). Channels that are zero
+    everywhere are never run (their drop is 0). One unablated baseline row per image gives y_c.
+    """
+    activations, targets = _check(activations, targets)
+    n, k, _, _ = activations.shape
+    pixels = _needs_pixels(head, pixels, n)
+    if n == 0:
+        return np.zeros((0, k), np.float64)
+    # (image, channel) per row; channel -1 is the image's unablated baseline row.
+    row_image, row_channel = [], []
+    for i in range(n):
+        live = np.flatnonzero(np.any(activations[i] != 0, axis=(1, 2)))
+        if channels is not None:
+            live = np.intersect1d(live, np.asarray(channels[i], dtype=np.int64))
+        row_image.append(np.full(len(live) + 1, i))
+        row_channel.append(np.concatenate([[-1], live]))
+    row_image = np.concatenate(row_image)
+    row_channel = np.concatenate(row_channel)
+
+    row_scores = np.empty(len(row_image), dtype=np.float64)
+    for part in _chunks(len(row_image), chunk_size):
+        images, chans = row_image[part], row_channel[part]
+        rows = activations[images]  # a copy
+        ablated = np.flatnonzero(chans >= 0)
+        rows[ablated, chans[ablated]] = 0.0
+        out = _run_head(head, rows, pixels[images] if pixels is not None else None)
+        _check_classes(targets, out.shape[1])
+        row_scores[part] = out[np.arange(len(images)), targets[images]]
+
+    drops = np.zeros((n, k), dtype=np.float64)
+    baseline = row_channel < 0
+    base = np.empty(n, dtype=np.float64)
+    base[row_image[baseline]] = row_scores[baseline]
+    ablated = ~baseline
+    drops[row_image[ablated], row_channel[ablated]] = base[row_image[ablated]] - row_scores[ablated]
+    return drops
+
+
+def _relative(drops: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """drops / y_c per row; a row with y_c == 0 has no defined weights and gets a zero map."""
+    out = np.zeros_like(drops)
+    np.divide(drops, score[:, None], out=out, where=score[:, None] != 0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Score-CAM
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] matrix of 1-D bilinear interpolation with half-pixel centres.
+
+    The same sampling as torch ``F.interpolate(mode="bilinear", align_corners=False)``:
+    src = (dst + 0.5) * in/out - 0.5, clamped below at 0, neighbours i0 and min(i0 + 1, in - 1).
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5),
+                     np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    lam1 = (src - i0.astype(np.float32)).astype(np.float32)
+    lam0 = (np.float32(1) - lam1).astype(np.float32)
+    matrix = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, i0), lam0)
+    np.add.at(matrix, (rows, i1), lam1)
+    return matrix
+
+
+def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear (half-pixel centres) upsampling of [..., h, w] maps to [..., height, width]."""
+    ry = bilinear_matrix(maps.shape[-2], height)
+    rx = bilinear_matrix(maps.shape[-1], width)
+    return np.matmul(np.matmul(ry, maps.astype(np.float32)), rx.T)
+
+
+def score_cam(forward: ort.InferenceSession, pixels: np.ndarray, activations: np.ndarray, targets: np.ndarray, *,
+              batch_size: int = 32) -> np.ndarray:
+    """Score-CAM maps [N, h, w] (raw, ReLU'd): ReLU(sum_k w_k A_k), w from ``score_cam_weights``.
+
+    The weights are close to uniform (a softmax over k of probabilities in [0, 1]), so the map is
+    close to ReLU(mean_k A_k): on a layer whose output is signed (a BatchNorm before its
+    activation, such as EfficientNet-Lite's ``_bn1``) it can be zero everywhere.
+    """
+    activations, targets = _check(activations, targets)
+    return _weighted_map(score_cam_weights(forward, pixels, activations, targets, batch_size=batch_size),
+                         activations)
+
+
+def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activations: np.ndarray,
+                      targets: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """Score-CAM channel weights [N, K] (float64).
+
+    Masks: U_k = A_k upsampled to the input size (bilinear, half-pixel centres, as
+    ``F.interpolate(align_corners=False)`` and the Score-CAM authors' code), then
+    (U_k - min U_k) / (max U_k - min U_k + 1e-8) as pytorch-grad-cam. A channel with
+    max A_k == min A_k gets the zero mask (pytorch-grad-cam: 0 / 1e-8; we decide on A_k itself,
+    so float rounding in the upsampling of a constant channel cannot make a mask of noise).
+    ``pixels * mask_k`` run through ``forward`` (``forward.onnx``), ``batch_size`` rows per run,
+    packed across images; all constant channels of all images share one all-zero row.
+    w = softmax over k of softmax(logits)[target]. This equals pytorch-grad-cam's ScoreCAM with
+    ``ClassifierOutputSoftmaxTarget`` targets, except that it upsamples with
+    ``UpsamplingBilinear2d`` (align_corners=True).
+    """
+    activations, targets = _check(activations, targets)
+    n, k, h, w = activations.shape
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.ndim != 4 or pixels.shape[0] != n:
+        raise ValueError(f"pixels must be [N={n}, 3, H, W], got shape {pixels.shape}")
+    height, width = pixels.shape[2:]
+    ry = bilinear_matrix(h, height)
+    rx_t = np.ascontiguousarray(bilinear_matrix(w, width).T)
+
+    flat = activations.reshape(n, k, h * w)
+    constant = flat.max(axis=2) == flat.min(axis=2)  # [N, K]
+    row_image, row_channel = np.nonzero(~constant)
+    scores = np.zeros((n, k), dtype=np.float64)
+    for part in _chunks(len(row_image), batch_size):
+        images, channels = row_image[part], row_channel[part]
+        up = np.matmul(np.matmul(ry, activations[images, channels]), rx_t)  # [m, H, W]
+        low = up.min(axis=(1, 2), keepdims=True)
+        high = up.max(axis=(1, 2), keepdims=True)
+        masks = (up - low) / (high - low + np.float32(SCORE_CAM_EPS))
+        batch = pixels[images] * masks[:, None]
+        (out,) = forward.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: batch})
+        scores[images, channels] = _softmax_at(out, targets[images])
+    if constant.any():
+        zero = np.zeros((1, *pixels.shape[1:]), dtype=np.float32)
+        (out,) = forward.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: zero})
+        for i in np.flatnonzero(constant.any(axis=1)):
+            scores[i, constant[i]] = _softmax_at(out, targets[i:i + 1])[0]
+
+    if n == 0:
+        return scores
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# ReciproCAM
+
+
+def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np.ndarray, *,
+                pixels: np.ndarray | None = None, chunk_size: int = 256, gaussian: bool = True) -> np.ndarray:
+    """ReciproCAM maps [N, h, w] (raw; softmax scores, so already >= 0).
+
+    Copy (i, j) of A is zero except around (i, j): with ``gaussian`` (the authors' mosaic) the
+    3x3 neighbourhood of (i, j), clipped at the border, holds A[:, i, j] times the kernel
+    [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16; without, only (i, j) holds A[:, i, j]. The h*w copies
+    per image run through ``head`` (``chunk_size`` rows per run, packed across images);
+    map[i, j] = softmax(head(copy (i, j)))[target].
+    """
+    activations, targets = _check(activations, targets)
+    n, k, h, w = activations.shape
+    pixels = _needs_pixels(head, pixels, n)
+    if n == 0:
+        return np.zeros((0, h, w), np.float32)
+    kernel = RECIPRO_KERNEL if gaussian else np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+    offsets = [(di, dj, kernel[di + 1, dj + 1]) for di in (-1, 0, 1) for dj in (-1, 0, 1)
+               if kernel[di + 1, dj + 1] != 0]
+    total = n * h * w
+    row_image = np.repeat(np.arange(n), h * w)
+    row_i = np.tile(np.repeat(np.arange(h), w), n)
+    row_j = np.tile(np.tile(np.arange(w), h), n)
+    scores = np.empty(total, dtype=np.float64)
+    for part in _chunks(total, chunk_size):
+        images, ii, jj = row_image[part], row_i[part], row_j[part]
+        m = len(images)
+        rows = np.zeros((m, k, h, w), dtype=np.float32)
+        centre = activations[images, :, ii, jj]  # [m, K]
+        for di, dj, g in offsets:
+            ti, tj = ii + di, jj + dj
+            ok = np.flatnonzero((ti >= 0) & (ti < h) & (tj >= 0) & (tj < w))
+            rows[ok, :, ti[ok], tj[ok]] = centre[ok] * g
+        out = _run_head(head, rows, pixels[images] if pixels is not None else None)
+        scores[part] = _softmax_at(out, targets[images])
+    return scores.reshape(n, h, w).astype(np.float32)
