@@ -35,7 +35,11 @@ def _assert_passed(report) -> None:
     assert report.passed, report.summary()
     errors = report.max_errors()
     assert set(errors) >= {"logits", "activations", "gradients", "cam_gradcam", "head.logits", "forward.logits"}
-    assert max(errors.values()) <= 1e-4
+    # logits, activations and gradients: 1e-4 against autograd, always
+    assert max(v for k, v in errors.items() if not k.startswith("cam_")) <= 1e-4
+    # maps: 1e-4, or 10x their float32 rounding floor where the formula is ill-conditioned
+    for name, err in report.explainer_check.errors.items():
+        assert err.max_rel <= max(1e-4, 10 * err.float32_floor_rel), name
     print(report.summary())
 
 
