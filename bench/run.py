@@ -10,6 +10,7 @@ table and writes bench/results/<name>.json with the machine's description.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -17,6 +18,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = ["overhead", "gradient_free", "server_load"]
+#: Benchmarks that only make sense next to the peer library; grad-cam lives in the bench environment
+#: only (pip install grad-cam after torchvision), so without it they are skipped, not failed.
+REQUIRES = {"gradient_free": "pytorch_grad_cam"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in args.only:
         print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
+        needed = REQUIRES.get(name)
+        if needed and importlib.util.find_spec(needed) is None:
+            print(f"=== {name}: skipped, {needed} is not installed (pip install grad-cam) ===", flush=True)
+            continue
         started = time.perf_counter()
         result = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *(["--quick"] if args.quick else [])],
                                 cwd=BENCH.parent)
