@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,24 +112,15 @@ def _write_cam_linear(path: Path, linear: nn.Linear) -> None:
         np.savez(handle, weight=weight, bias=bias)
 
 
-class _Timer:
-    def __init__(self, seconds: dict[str, float]) -> None:
-        self.seconds = seconds
-
-    def step(self, key: str, message: str):
-        log.info("%s...", message)
-        return _TimedStep(self.seconds, key)
-
-
-class _TimedStep:
-    def __init__(self, seconds: dict[str, float], key: str) -> None:
-        self.seconds, self.key = seconds, key
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.seconds[self.key] = round(time.perf_counter() - self.start, 3)
+@contextmanager
+def _step(seconds: dict[str, float], key: str, message: str) -> Iterator[None]:
+    """Log a step as it starts and record how long it took under ``key``."""
+    log.info("%s...", message)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = round(time.perf_counter() - start, 3)
 
 
 def export(
@@ -158,7 +150,6 @@ def export(
     out_dir = Path(out_dir)
     name = name or out_dir.name
     seconds: dict[str, float] = {}
-    timer = _Timer(seconds)
     was_training = model.training
     model.eval()
     try:
@@ -189,9 +180,9 @@ def export(
         outputs += [contract.cam_output(m) for m in methods]
         target_example = torch.tensor([-1] + [0] * (TRACE_BATCH - 1), dtype=torch.int64)
         try:
-            with timer.step("trace_explainer", "tracing forward + backward"):
+            with _step(seconds, "trace_explainer", "tracing forward + backward"):
                 graph = trace(explainer_function(model, layer, cam_linear), model, example, target_example)
-            with timer.step("onnx_explainer", "writing explainer.onnx"):
+            with _step(seconds, "onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
                            [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs, pixels_example=example)
             head_example: tuple[torch.Tensor, ...] = (torch.randn((TRACE_BATCH, *activation_shape[1:])),)
@@ -199,19 +190,19 @@ def export(
             if needs_pixels:
                 head_example += (example,)
                 head_inputs.append(contract.INPUT_PIXELS)
-            with timer.step("trace_head", "tracing the head (target layer -> logits)"):
+            with _step(seconds, "trace_head", "tracing the head (target layer -> logits)"):
                 head_graph = trace(head_function(model, layer, None if needs_pixels else input_shape),
                                    model, *head_example)
-            with timer.step("onnx_head", "writing head.onnx"):
+            with _step(seconds, "onnx_head", "writing head.onnx"):
                 write_onnx(head_graph, model, head_example, head_tmp, head_inputs, [contract.OUTPUT_LOGITS],
                            kind="head", pixels_example=example)
-            with timer.step("forward", "tracing and writing forward.onnx (pixels -> logits)"):
+            with _step(seconds, "forward", "tracing and writing forward.onnx (pixels -> logits)"):
                 forward_graph = trace(forward_function(model), model, example)
                 write_onnx(forward_graph, model, (example,), forward_tmp, [contract.INPUT_PIXELS],
                            [contract.OUTPUT_LOGITS], kind="forward", pixels_example=example)
             linear = model.get_submodule(cam_linear) if cam_linear else None
             cam_weight = linear.weight if linear is not None else None
-            with timer.step("check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
+            with _step(seconds, "check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
                 explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
                                                                 num_classes, cam_weight, tolerance)
                 head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes, tolerance)
