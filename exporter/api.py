@@ -30,7 +30,17 @@ from onnxcam import contract
 log = logging.getLogger("onnxcam.exporter")
 
 TRACE_SEED = 0
-TRACE_BATCH = 2  # a batch of 1 would let the tracer specialise the batch dimension
+
+
+def trace_batch(*shapes: tuple[int, ...]) -> int:
+    """The batch size to trace with: at least 2, and equal to no other dimension of the traced inputs.
+
+    A batch of 1 lets the tracer specialise the batch dimension. A batch equal to another input
+    dimension (a 2x2 feature map traced at batch 2) gets the same symbol from the tracer's duck
+    shaping, so the exporter sees the batch tied to a fixed size and writes it as a constant.
+    """
+    taken = {int(d) for shape in shapes for d in shape}
+    return next(b for b in range(2, 2 + len(taken) + 1) if b not in taken)
 
 
 @dataclass
@@ -155,13 +165,16 @@ def export(
     try:
         height, width = (int(v) for v in input_size)
         input_shape = (3, height, width)
-        example = torch.randn((TRACE_BATCH, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
+        generator = torch.Generator().manual_seed(TRACE_SEED)
+        probe = torch.randn((2, *input_shape), generator=generator)
         is_default = target_layer is None
         if target_layer is None:
-            target_layer = default_layer(model, example)
+            target_layer = default_layer(model, probe)
             log.info("target layer not given; using %r (last 4-D feature map before pooling)", target_layer)
         layer = resolve_layer(model, target_layer)
-        activation_shape, logits_shape = _shapes(model, layer, target_layer, example)
+        activation_shape, logits_shape = _shapes(model, layer, target_layer, probe)
+        batch = trace_batch(input_shape, activation_shape[1:])
+        example = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         num_classes = int(logits_shape[1])
         label_list = _labels(labels, num_classes)
         cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
@@ -178,14 +191,14 @@ def export(
                        forward_tmp: contract.FORWARD_FILE}
         outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
         outputs += [contract.cam_output(m) for m in methods]
-        target_example = torch.tensor([-1] + [0] * (TRACE_BATCH - 1), dtype=torch.int64)
+        target_example = torch.tensor([-1] + [0] * (batch - 1), dtype=torch.int64)
         try:
             with _step(seconds, "trace_explainer", "tracing forward + backward"):
                 graph = trace(explainer_function(model, layer, cam_linear), model, example, target_example)
             with _step(seconds, "onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
                            [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs, pixels_example=example)
-            head_example: tuple[torch.Tensor, ...] = (torch.randn((TRACE_BATCH, *activation_shape[1:])),)
+            head_example: tuple[torch.Tensor, ...] = (torch.randn((batch, *activation_shape[1:])),)
             head_inputs = [contract.INPUT_ACTIVATIONS]
             if needs_pixels:
                 head_example += (example,)

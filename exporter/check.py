@@ -164,6 +164,17 @@ class CheckResult:
         }
 
 
+def _run(session: ort.InferenceSession, path: Path, outputs: list[str], feeds: dict[str, np.ndarray]) -> list:
+    """session.run, with a failure (a graph that fixed a dimension it should not have) as an ExportError."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as error:  # noqa: BLE001 - ORT raises its own exception types
+        shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+        message = " ".join(str(error).split())
+        raise ExportError(f"export check: the written {path.name.strip('.').removesuffix('.tmp')} does not run on "
+                          f"{shapes}: {message}") from error
+
+
 def _accumulate(errors: dict[str, OutputError], name: str, err: OutputError) -> None:
     errors[name] = err if name not in errors else errors[name].worst(err)
 
@@ -178,8 +189,8 @@ def check_explainer(
     end_to_end: dict[str, OutputError] = {}
     cases = _cases(input_shape, num_classes)
     for pixels, target in cases:
-        got = dict(zip(names, session.run(names, {contract.INPUT_PIXELS: pixels.numpy(),
-                                                  contract.INPUT_TARGET: target.numpy()}), strict=True))
+        got = dict(zip(names, _run(session, path, names, {contract.INPUT_PIXELS: pixels.numpy(),
+                                                          contract.INPUT_TARGET: target.numpy()}), strict=True))
         reference = reference_explain(model, layer, pixels, target, cam_weight)
         if sorted(names) != sorted(reference):
             raise ExportError(f"graph outputs {names} do not match the contract {sorted(reference)}")
@@ -217,7 +228,7 @@ def check_head(
         keep = (torch.rand(activations.shape[:2], generator=generator) > 0.5).float()[:, :, None, None]
         activations = activations * keep
         feeds = {contract.INPUT_ACTIVATIONS: activations.numpy(), contract.INPUT_PIXELS: pixels.numpy()}
-        (got,) = session.run([contract.OUTPUT_LOGITS], {name: feeds[name] for name in input_names})
+        (got,) = _run(session, path, [contract.OUTPUT_LOGITS], {name: feeds[name] for name in input_names})
         _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference_head(model, layer, activations, pixels)))
     return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)
 
@@ -229,7 +240,7 @@ def check_forward(path: Path, model: nn.Module, input_shape: tuple[int, int, int
     errors: dict[str, OutputError] = {}
     cases = _cases(input_shape, num_classes)
     for pixels, _ in cases:
-        (got,) = session.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: pixels.numpy()})
+        (got,) = _run(session, path, [contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: pixels.numpy()})
         with torch.no_grad():
             reference = model(pixels).double().numpy()
         _accumulate(errors, contract.OUTPUT_LOGITS, compare(got, reference))

@@ -133,6 +133,25 @@ def test_backward_through_every_kind_of_pooling(tmp_path: Path) -> None:
     assert rel_error(got, g) < 1e-5
 
 
+@pytest.mark.parametrize(("layer", "size"), [("features.0", 4), ("features", 8)])
+def test_batch_stays_dynamic_when_a_feature_map_side_equals_the_trace_batch(tmp_path: Path, layer: str,
+                                                                            size: int) -> None:
+    """Activations of 8x2x2 and 24x2x2: a tracer that equates the side 2 with a batch of 2 fixes the
+    batch in the graph (a strided conv in the head, as in resnet18's layer4 at 32 px, shows it)."""
+    model = seeded(TinyNet(), seed=6)
+    report = export(model, layer, tmp_path / "small", input_size=(size, size))
+    assert report.passed
+    module = model.get_submodule(layer)
+    for batch in (1, 4):
+        pixels = _pixels(batch, seed=batch, size=size)
+        logits, a, g, _ = activations_and_gradients(model, module, pixels, [-1] * batch)
+        got = _session(tmp_path / "small").run(["logits", "gradients"], {
+            "pixels": pixels.numpy(), "target": np.full(batch, -1, dtype=np.int64)})
+        assert rel_error(got[0], logits) < 1e-5 and rel_error(got[1], g) < 1e-5
+        (head_logits,) = _session(tmp_path / "small", contract.HEAD_FILE).run(["logits"], {"activations": a.numpy()})
+        assert rel_error(head_logits, logits) < 1e-5
+
+
 def test_wrong_layer_name_lists_the_nearest(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"no layer named 'feature'.*nearest valid names: features"):
         export(seeded(TinyNet()), "feature", tmp_path / "x", input_size=(32, 32))
