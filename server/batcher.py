@@ -9,9 +9,11 @@ dropped before the run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -85,8 +87,15 @@ class Batcher:
             self._queue.append(item)
             self._queued_rows += rows
             self._cond.notify_all()
-        future.add_done_callback(lambda f: self._forget(item) if f.cancelled() else None)
+        # A weak reference: a strong one would make a cycle (item -> future -> callback -> item) that
+        # keeps every request's pixels and outputs alive until Python's cyclic collector runs.
+        future.add_done_callback(functools.partial(self._forget_if_cancelled, weakref.ref(item)))
         return future
+
+    def _forget_if_cancelled(self, item_ref: weakref.ref, future: Future) -> None:
+        item = item_ref()
+        if item is not None and future.cancelled():
+            self._forget(item)
 
     def _forget(self, item: _Item) -> None:
         """A caller gave up (deadline, cancelled RPC): its rows leave the queue at once."""
@@ -148,28 +157,36 @@ class Batcher:
         return live
 
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            live = self._live(batch)
-            if not live:
-                continue
-            started = time.monotonic()
-            try:
-                names = live[0].inputs.keys()
-                stacked = {n: np.concatenate([item.inputs[n] for item in live]) if len(live) > 1
-                           else live[0].inputs[n] for n in names}
-                outputs = self._run(stacked)
-            except Exception as error:  # every waiting request must hear about it
-                log.exception("batch of %d rows on %s failed", sum(i.rows for i in live), self.name)
-                failure = error if isinstance(error, RequestError) else RuntimeError(f"inference failed: {error}")
-                for item in live:
-                    item.future.set_exception(failure)
-                continue
-            run_s = time.monotonic() - started
-            total = sum(item.rows for item in live)
-            self.batches += 1
-            self.rows_run += total
-            offset = 0
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._run_batch(batch)
+            # Drop the batch before waiting for the next: a request's arrays are freed when its caller is done.
+            del batch
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        live = self._live(batch)
+        if not live:
+            return
+        started = time.monotonic()
+        try:
+            names = live[0].inputs.keys()
+            stacked = {n: np.concatenate([item.inputs[n] for item in live]) if len(live) > 1
+                       else live[0].inputs[n] for n in names}
+            outputs = self._run(stacked)
+        except Exception as error:  # every waiting request must hear about it
+            log.exception("batch of %d rows on %s failed", sum(i.rows for i in live), self.name)
+            failure = error if isinstance(error, RequestError) else RuntimeError(f"inference failed: {error}")
             for item in live:
-                part = {n: v[offset:offset + item.rows] for n, v in outputs.items()}
-                offset += item.rows
-                item.future.set_result(BatchResult(part, started - item.enqueued, run_s, total))
+                item.future.set_exception(failure)
+            return
+        run_s = time.monotonic() - started
+        total = sum(item.rows for item in live)
+        self.batches += 1
+        self.rows_run += total
+        offset = 0
+        for item in live:
+            part = {n: v[offset:offset + item.rows] for n, v in outputs.items()}
+            offset += item.rows
+            item.future.set_result(BatchResult(part, started - item.enqueued, run_s, total))

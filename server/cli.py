@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="ONNX Runtime intra-op threads per session (default 0 = ONNX Runtime's choice)")
     parser.add_argument("--inter-op-threads", type=int, default=DEFAULTS.inter_op_threads,
                         help="ONNX Runtime inter-op threads per session (default 0 = ONNX Runtime's choice)")
+    parser.add_argument("--spin", action=argparse.BooleanOptionalAction, default=DEFAULTS.spin,
+                        help="let ONNX Runtime's idle threads spin for work (default: "
+                             f"{'--spin' if DEFAULTS.spin else '--no-spin'})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device,
                         help="auto: CUDA execution provider first when present, CPU otherwise (default auto)")
     parser.add_argument("--max-receive-mb", type=float, default=DEFAULTS.max_receive_bytes / MIB,
@@ -67,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, workers=args.workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
         intra_op_threads=args.intra_op_threads,
-        inter_op_threads=args.inter_op_threads, device=args.device,
+        inter_op_threads=args.inter_op_threads, spin=args.spin, device=args.device,
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets, grace_s=args.grace_s,
         log_requests=args.log_requests)

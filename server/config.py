@@ -14,6 +14,8 @@ DEFAULT_MAX_SEND_BYTES = 64 * MIB
 #: Decoded size limit (width * height), checked from the header before any pixel is decoded: a small
 #: file that expands to gigabytes (a decompression bomb) is refused with INVALID_ARGUMENT.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: ONNX Runtime's intra-op thread spinning, see ServerConfig.spin and bench/batch_scaling.py.
+SPIN_DEFAULT = True
 #: Class indices one request may ask to explain (each becomes a row of the batch).
 DEFAULT_MAX_TARGETS = 16
 
@@ -26,8 +28,10 @@ class ServerConfig:
     port: int = 50051
     #: Rows (image x target) per session call.
     max_batch: int = 8
-    #: How long the first request of a batch waits for others.
-    max_delay_ms: float = 2.0
+    #: How long the first request of a batch waits for others. 0: no wait; a batch is what queued
+    #: while the previous session call ran, which under load is where batches come from anyway
+    #: (bench/server_load.py: a 2 ms wait cost 10-15% of throughput at one client, gained nothing at 16).
+    max_delay_ms: float = 0.0
     #: Rows waiting per model beyond which requests fail with RESOURCE_EXHAUSTED.
     max_queue: int = 64
     #: gRPC worker threads: requests handled at once (decode and postprocess run on them).
@@ -38,6 +42,9 @@ class ServerConfig:
     #: ONNX Runtime threads per session; 0 lets ONNX Runtime choose.
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    #: Whether ONNX Runtime's idle intra-op threads spin waiting for work. Spinning saves a few
+    #: microseconds per call but burns cores that decoding and encoding on the gRPC threads need.
+    spin: bool = SPIN_DEFAULT
     #: "auto" puts CUDA first when this onnxruntime build has it; "cpu" forces the CPU provider.
     device: str = "auto"
     max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES

@@ -53,7 +53,8 @@ class LoadedModel:
         for what, path in (("explainer", info.explainer_file), ("head", info.head_file),
                            ("forward", info.forward_file)):
             try:
-                opened[what] = open_session(path, config.device, config.intra_op_threads, config.inter_op_threads)
+                opened[what] = open_session(path, config.device, config.intra_op_threads,
+                                             config.inter_op_threads, config.spin)
             except Exception as error:
                 raise ModelFolderError(f"{path.name} does not load in ONNX Runtime: {error}") from error
         self.explainer, self.head, self.forward = opened["explainer"], opened["head"], opened["forward"]

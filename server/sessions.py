@@ -25,10 +25,12 @@ def providers(device: str) -> list[str]:
 
 
 def open_session(path: Path, device: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0) -> ort.InferenceSession:
+                 inter_op_threads: int = 0, spin: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT's own warnings about unused initializers are noise here
     return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))

@@ -3,9 +3,12 @@ the server's behaviour when server.gradient_free cannot be imported."""
 
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import io
 import sys
+import time
+import weakref
 
 import numpy as np
 import pytest
@@ -107,6 +110,29 @@ def test_batcher_keeps_rows_apart_and_counts():
     assert error.value.code.name == "UNAVAILABLE"
 
 
+@pytest.mark.parametrize("requests", [1, 3])
+def test_batcher_frees_a_requests_arrays_without_the_cycle_collector(requests):
+    """A reference cycle through the future would keep every request's pixels and outputs alive
+    until Python's cyclic collector happens to run: memory that grows with load, then drops."""
+    batcher = Batcher("free", lambda feed: {"y": feed["x"] + 1}, max_batch=requests, max_delay_s=600.0,
+                      max_queue=requests)
+    gc.disable()
+    try:
+        inputs = [np.zeros((1, 1000), np.float32) for _ in range(requests)]
+        futures = [batcher.submit({"x": x}) for x in inputs]
+        outputs = [f.result(timeout=30).outputs["y"] for f in futures]
+        refs = [weakref.ref(a) for a in inputs + outputs]
+        del inputs, futures, outputs
+        for _ in range(500):  # the worker thread lets go of the batch right after the last result
+            if all(ref() is None for ref in refs):
+                break
+            time.sleep(0.01)
+        assert [ref() is None for ref in refs] == [True] * len(refs)
+    finally:
+        gc.enable()
+        batcher.close()
+
+
 def test_batcher_failure_reaches_every_waiting_request():
     def run(feed):
         raise RuntimeError("boom")
@@ -185,3 +211,22 @@ def test_decode_gives_upright_rgb_for_any_mode(mode):
 def test_server_settings_are_checked():
     with pytest.raises(ValueError, match="max_batch=0"):
         config(max_batch=0)
+
+
+def test_serve_options_reach_the_config_and_the_sessions(tiny_model_dir):
+    import argparse
+
+    from server.cli import config_from_args, register
+    from server.config import ServerConfig
+    from server.repository import load_repository
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    defaults = config_from_args(parser.parse_args(["serve", "--models", str(tiny_model_dir)]))
+    assert defaults == ServerConfig()
+    chosen = config_from_args(parser.parse_args(["serve", "--models", str(tiny_model_dir), "--no-spin",
+                                                 "--max-delay-ms", "3"]))
+    assert chosen.spin is False and chosen.max_delay_ms == 3.0
+    model = load_repository(tiny_model_dir, chosen).get("tiny")
+    for session in (model.explainer, model.head, model.forward):
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
