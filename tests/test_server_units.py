@@ -224,9 +224,9 @@ def test_serve_options_reach_the_config_and_the_sessions(tiny_model_dir):
     register(parser.add_subparsers())
     defaults = config_from_args(parser.parse_args(["serve", "--models", str(tiny_model_dir)]))
     assert defaults == ServerConfig()
-    chosen = config_from_args(parser.parse_args(["serve", "--models", str(tiny_model_dir), "--no-spin",
+    chosen = config_from_args(parser.parse_args(["serve", "--models", str(tiny_model_dir), "--spin",
                                                  "--max-delay-ms", "3"]))
-    assert chosen.spin is False and chosen.max_delay_ms == 3.0
+    assert chosen.spin is True and chosen.max_delay_ms == 3.0
     model = load_repository(tiny_model_dir, chosen).get("tiny")
     for session in (model.explainer, model.head, model.forward):
-        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
