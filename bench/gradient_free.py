@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,9 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, machine  # noqa: E402
 
 from exporter import export  # noqa: E402
 from exporter.identity import state_dict_sha256  # noqa: E402
@@ -51,24 +53,6 @@ README_LAYER = {"vgg": "features.{last}"}
 
 # ----------------------------------------------------------------------------------------------
 # setup
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    import pytorch_grad_cam  # noqa: F401
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": ort.__version__, "grad-cam": version("grad-cam"),
-            "load_average_at_start": os.getloadavg()}
 
 
 def photo(size: int, mean, std, tf_style: bool = False, name: str = "chelsea") -> np.ndarray:
@@ -111,6 +95,7 @@ def sessions(folder: Path, threads: int) -> dict[str, ort.InferenceSession]:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see common.session
     return {graph: ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
             for graph in (contract.EXPLAINER_FILE, contract.HEAD_FILE, contract.FORWARD_FILE)}
 
@@ -128,6 +113,18 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return min(times), result
 
 
+def timed_pair(ours, theirs, repeats: int) -> tuple[tuple[float, object], tuple[float, object]]:
+    """``timed`` for two functions, run alternately so that both see the same background load."""
+    times: tuple[list[float], list[float]] = ([], [])
+    results: list[object] = [None, None]
+    for _ in range(repeats):
+        for i, fn in enumerate((ours, theirs)):
+            start = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return (min(times[0]), results[0]), (min(times[1]), results[1])
+
+
 def display(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """pytorch-grad-cam's scaling of a raw map: ReLU, min-max, cv2 resize, min-max again."""
     from pytorch_grad_cam.utils.image import scale_cam_image
@@ -140,7 +137,7 @@ def display(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, heavy_repeats: int,
-                readme_layer: bool) -> list[dict]:
+                readme_layer: bool, methods: tuple[str, ...] = ("ablationcam", "scorecam")) -> list[dict]:
     from pytorch_grad_cam import AblationCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
@@ -202,28 +199,29 @@ def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, h
                 if readme and readme != layer_name:
                     layers[readme] = model.get_submodule(readme)
 
-    # Ablation-CAM
-    masked_count = gf.forward_count(gf.ABLATION, k, h, w)
-    t_masked, masked = timed(lambda: gf.ablation_cam(head, activations, logits, targets), repeats)
-    variants = [("masked head.onnx", t_masked, masked, masked_count)]
-    if linear is not None:
-        t_closed, closed = timed(lambda: gf.ablation_cam(head, activations, logits, targets, linear=linear),
-                                 max(repeats, 5))
-        variants.insert(0, ("closed form (GAP+fc)", t_closed, closed, 0))
-    for theirs_layer, module in layers.items():
-        cam = AblationCAM(model, [module])
-        t_theirs, theirs = timed(lambda cam=cam: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]),
-                                 heavy_repeats)
-        for variant, t_ours, ours, count in variants:
-            row("ablationcam", variant, t_ours, t_theirs, ours, theirs, theirs_layer, count)
+    if "ablationcam" in methods:
+        masked_count = gf.forward_count(gf.ABLATION, k, h, w)
+        t_masked, masked = timed(lambda: gf.ablation_cam(head, activations, logits, targets), repeats)
+        variants = [("masked head.onnx", t_masked, masked, masked_count)]
+        if linear is not None:
+            t_closed, closed = timed(lambda: gf.ablation_cam(head, activations, logits, targets, linear=linear),
+                                     max(repeats, 5))
+            variants.insert(0, ("closed form (GAP+fc)", t_closed, closed, 0))
+        for theirs_layer, module in layers.items():
+            cam = AblationCAM(model, [module])
+            t_theirs, theirs = timed(
+                lambda cam=cam: cam(input_tensor=x, targets=[ClassifierOutputTarget(target)]), heavy_repeats)
+            for variant, t_ours, ours, count in variants:
+                row("ablationcam", variant, t_ours, t_theirs, ours, theirs, theirs_layer, count)
 
-    # Score-CAM (DESIGN.md weights: softmax over k of the softmax score = ClassifierOutputSoftmaxTarget)
-    t_score, score = timed(lambda: gf.score_cam(forward, pixels, activations, targets), heavy_repeats)
-    cam = ScoreCAM(model, [layers[layer_name]])
-    t_theirs, theirs = timed(lambda: cam(input_tensor=x, targets=[ClassifierOutputSoftmaxTarget(target)]),
-                             heavy_repeats)
-    row("scorecam", "forward.onnx", t_score, t_theirs, score, theirs, layer_name,
-        gf.forward_count(gf.SCORE, k, h, w))
+    if "scorecam" in methods:
+        # DESIGN.md weights: softmax over k of the softmax score = ClassifierOutputSoftmaxTarget
+        cam = ScoreCAM(model, [layers[layer_name]])
+        (t_score, score), (t_theirs, theirs) = timed_pair(
+            lambda: gf.score_cam(forward, pixels, activations, targets),
+            lambda: cam(input_tensor=x, targets=[ClassifierOutputSoftmaxTarget(target)]), heavy_repeats)
+        row("scorecam", "forward.onnx", t_score, t_theirs, score, theirs, layer_name,
+            gf.forward_count(gf.SCORE, k, h, w))
     return rows
 
 
@@ -237,6 +235,30 @@ def table(rows: list[dict]) -> str:
             f"| {r['ours_s']:.3f} | {r['ours_method_only_s']:.4f} | {r['pytorch_grad_cam_s']:.2f} "
             f"| {r['speedup']:.1f}x | {r['speedup_method_only']:.0f}x | {r['max_abs_diff_display']:.1e} |")
     return "\n".join(lines)
+
+
+def forward_throughput(arch: str, size: int, threads: int, cache: Path, repeats: int) -> dict:
+    """Plain forwards, ORT (batch 32, as score_cam) and torch (batch 16, as pytorch-grad-cam's
+    ScoreCAM) alternately, fastest of ``repeats``: the ceiling of Score-CAM's speedup."""
+    torch.manual_seed(0)
+    model = torchvision_model(arch).eval()
+    forward = sessions(exported(model, arch, size, cache), threads)[contract.FORWARD_FILE]
+    x = np.random.default_rng(0).standard_normal((32, 3, size, size), dtype=np.float32)
+    xt = torch.from_numpy(x[:16].copy())
+    (t_ort, _), (t_torch, _) = timed_pair(lambda: forward.run(None, {contract.INPUT_PIXELS: x}),
+                                          lambda: _no_grad(model, xt), repeats + 1)
+    result = {"model": arch, "input": size, "threads": threads, "ort_ms_per_image": t_ort / 32 * 1e3,
+              "torch_ms_per_image": t_torch / 16 * 1e3, "ratio": (t_torch / 16) / (t_ort / 32),
+              "load_average_1min": os.getloadavg()[0]}
+    print(f"  {arch} {size}px forwards: ORT {result['ort_ms_per_image']:.1f} ms/image, torch "
+          f"{result['torch_ms_per_image']:.1f} ms/image, ratio {result['ratio']:.2f} "
+          f"(load {result['load_average_1min']:.1f})", flush=True)
+    return result
+
+
+def _no_grad(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="repeats of Score-CAM and pytorch-grad-cam's Ablation-CAM (minimum)")
     parser.add_argument("--no-readme-layer", action="store_true",
                         help="skip pytorch-grad-cam on its README layer (layer4[-1], features[-1])")
+    parser.add_argument("--methods", nargs="+", default=["ablationcam", "scorecam"],
+                        choices=["ablationcam", "scorecam"], help="methods to compare")
     parser.add_argument("--top-r-study", action="store_true", help="only the top_r accuracy study")
+    parser.add_argument("--forward-throughput", action="store_true",
+                        help="only plain forwards per image, ORT against torch, alternating (a few minutes)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "onnxcam-bench",
                         help="where exported model folders are kept between runs")
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
@@ -365,12 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     info = machine()
     print(f"CPU: {info['cpu']} ({info['cores']} cores), {args.threads} threads; torch {info['torch']}, "
-          f"onnxruntime {info['onnxruntime']}, grad-cam {info['grad-cam']}", flush=True)
+          f"onnxruntime {info['onnxruntime']}, grad-cam {info.get('grad-cam')}", flush=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
 
     if args.top_r_study:
         study = top_r_study(args.threads, args.cache, args.size or 224, [640, 320, 128, 64])
         study["machine"] = info
-        out = args.out or ROOT / "bench" / "gradient_free_topr.json"
+        out = args.out or RESULTS_DIR / "gradient-free-topr.json"
         out.write_text(json.dumps(study, indent=2) + "\n")
         print(top_r_table(study))
         print(f"written {out}")
@@ -378,15 +405,21 @@ def main(argv: list[str] | None = None) -> int:
 
     models = args.models or (["resnet18"] if args.quick else ["resnet50", "vgg16"])
     size = args.size or (48 if args.quick else 224)
+    if args.forward_throughput:
+        results = [forward_throughput(arch, size, args.threads, args.cache, args.repeats) for arch in models]
+        out = args.out or RESULTS_DIR / "gradient-free-forwards.json"
+        out.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+        print(f"written {out}")
+        return 0
     rows = []
     started = time.perf_counter()
     for arch in models:
         rows += bench_model(arch, size, args.threads, args.cache, 1 if args.quick else args.repeats,
-                            args.heavy_repeats, readme_layer=not args.no_readme_layer)
+                            args.heavy_repeats, readme_layer=not args.no_readme_layer, methods=tuple(args.methods))
     info["load_average_at_end"] = os.getloadavg()
     print()
     print(table(rows))
-    out = args.out or ROOT / "bench" / ("gradient_free_quick.json" if args.quick else "gradient_free_results.json")
+    out = args.out or RESULTS_DIR / ("gradient-free-quick.json" if args.quick else "gradient-free.json")
     out.write_text(json.dumps({"machine": info, "seconds": time.perf_counter() - started, "rows": rows}, indent=2)
                    + "\n")
     print(f"written {out} ({time.perf_counter() - started:.0f} s)")

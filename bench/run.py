@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, each in its own process.
 
-    python bench/run.py [--quick] [--only overhead gradient_free server_load]
+    python bench/run.py [--quick] [--only overhead gradient_free server_load batch_scaling]
 
 --quick finishes in about two minutes and is what CI runs (it checks that the harness works,
 never a timing). Without it: the full runs whose tables are in the README. Each script prints its
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["overhead", "gradient_free", "server_load"]
+SCRIPTS = ["overhead", "gradient_free", "server_load", "batch_scaling"]
 #: Benchmarks that only make sense next to the peer library; grad-cam lives in the bench environment
 #: only (pip install grad-cam after torchvision), so without it they are skipped, not failed.
 REQUIRES = {"gradient_free": "pytorch_grad_cam"}

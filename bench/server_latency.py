@@ -5,8 +5,8 @@ versus over gRPC on loopback (real server, generated client), p50 and p90 over N
 
 Both paths run the same request through the same batcher and sessions; the difference is protobuf
 serialisation plus the gRPC round trip. Calls are sequential (one client), interleaved between the
-two paths so machine noise hits both alike; run with --max-delay-ms 0 (default here) to see the
-latency floor and with the server's default 2 ms to see what a lone request pays for batching.
+two paths so machine noise hits both alike; --max-delay-ms 0 (the server's default) gives the
+latency floor, a larger value shows what a lone request pays when batches wait to fill.
 Without --model-dir the tiny test model is exported to bench/.cache/tiny (needs torch).
 """
 
@@ -35,7 +35,7 @@ from server.app import ExplainerServer  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from server.repository import load_repository  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "server_latency.json"
+RESULTS = ROOT / "bench" / "results" / "server-latency.json"
 
 
 def tiny_model() -> Path:

@@ -24,3 +24,5 @@ def test_quick_benchmarks_run_and_write_results() -> None:
                                         for row in overhead["overhead"])
     load = json.loads((results / "server-load-quick.json").read_text())
     assert load["machine"]["cpu"]
+    scaling = json.loads((results / "batch-scaling-quick.json").read_text())
+    assert {row["batch"] for row in scaling["rows"]} == {1, 4} and all(row["ms_per_row"] > 0 for row in scaling["rows"])

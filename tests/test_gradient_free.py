@@ -243,6 +243,7 @@ def lite0(tmp_path_factory) -> Model:
     for photo in (data.chelsea(), data.coffee()):
         image = Image.fromarray(photo).resize((size, size), Image.BILINEAR)
         photos.append((np.asarray(image, np.float32).transpose(2, 0, 1) - 127.0) / 128.0)
+
     def tail(rows: torch.Tensor) -> torch.Tensor:
         # Its forward() after _bn1, written out: forward() flattens with the *input's* batch size,
         # so a hook cannot hand it more rows than the input had, and repeating the input costs
