@@ -326,6 +326,14 @@ def measure_overhead(server: ServerProcess, model_dir: Path, request: pb.Explain
 # ---------------------------------------------------------------------------------------------- main
 
 
+def shown_path(path: Path) -> str:
+    """A path as the results file records it: relative to the repository, else just its name."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -373,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     image = PHOTO.read_bytes()
     began = time.perf_counter()
     payload: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full", "model_dir": str(args.model_dir), "image": PHOTO.name,
+        "mode": "quick" if args.quick else "full", "model_dir": shown_path(args.model_dir), "image": PHOTO.name,
         "request": "Explain, methods=[gradcam], raw=True (raw map only)", "clients": levels,
         "duration_s": duration, "channels": args.channels,
         "load_generator": "threads in one Python process, closed loop, "
