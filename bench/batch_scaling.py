@@ -27,23 +27,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_MODEL_DIR, ensure_model, interleaved, median_ms, write_json  # noqa: E402
+from common import session as common_session  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
 from server import heatmaps, imaging  # noqa: E402
 from server.model_info import load_model_info  # noqa: E402
 
 PHOTO = ROOT / "onnxcam" / "demo_photos" / "chelsea.jpg"
-
-
-def open_explainer(folder: Path, threads: int, spinning: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(folder / contract.EXPLAINER_FILE), options, providers=["CPUExecutionProvider"])
 
 
 def per_request_work(folder: Path, repeats: int) -> dict[str, float]:
@@ -77,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                  contract.INPUT_TARGET: np.full(b, -1, np.int64)} for b in batches}
     rows = []
     for spinning in (True, False):
-        session = open_explainer(args.model_dir, args.threads, spinning)
+        session = common_session(args.model_dir / contract.EXPLAINER_FILE, args.threads, spin=spinning)
         calls = {b: (lambda b=b, session=session: session.run(None, feeds[b])) for b in batches}
         started = time.perf_counter()
         times = interleaved(calls, repeats, warmup=2)

@@ -60,8 +60,8 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def session(path: Path, threads: int):
-    """A CPU session whose idle threads do not spin.
+def session(path: Path, threads: int, *, spin: bool = False):
+    """A CPU session whose idle threads do not spin (unless ``spin``).
 
     Interleaved timing alternates sessions; with ONNX Runtime's default spinning, the idle threads of
     the session that just ran keep the cores busy while the next one runs. On 2 cores that made a
@@ -73,7 +73,7 @@ def session(path: Path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

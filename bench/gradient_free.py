@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, machine  # noqa: E402
+from common import RESULTS_DIR, machine, session  # noqa: E402
 
 from exporter import export  # noqa: E402
 from exporter.identity import state_dict_sha256  # noqa: E402
@@ -91,12 +91,8 @@ def exported(model: torch.nn.Module, name: str, size: int, cache: Path, layer: s
 
 
 def sessions(folder: Path, threads: int) -> dict[str, ort.InferenceSession]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see common.session
-    return {graph: ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+    """explainer, head and forward, each a non-spinning CPU session (see common.session)."""
+    return {graph: session(folder / graph, threads)
             for graph in (contract.EXPLAINER_FILE, contract.HEAD_FILE, contract.FORWARD_FILE)}
 
 

@@ -165,8 +165,7 @@ def export(
     try:
         height, width = (int(v) for v in input_size)
         input_shape = (3, height, width)
-        generator = torch.Generator().manual_seed(TRACE_SEED)
-        probe = torch.randn((2, *input_shape), generator=generator)
+        probe = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         is_default = target_layer is None
         if target_layer is None:
             target_layer = default_layer(model, probe)
