@@ -31,6 +31,7 @@ from common import session as common_session  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
 from server import heatmaps, imaging  # noqa: E402
+from server.config import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 from server.model_info import load_model_info  # noqa: E402
 
 PHOTO = ROOT / "onnxcam" / "demo_photos" / "chelsea.jpg"
@@ -40,10 +41,14 @@ def per_request_work(folder: Path, repeats: int) -> dict[str, float]:
     """Median ms of the work each request does outside the session call (one row, Grad-CAM raw)."""
     info = load_model_info(folder)
     data = PHOTO.read_bytes()
-    prepared = imaging.prepare_image(imaging.decode(data, 40_000_000), info.preprocess)
+
+    def prepare() -> imaging.Prepared:
+        return imaging.prepare_image(imaging.decode(data, DEFAULT_MAX_IMAGE_PIXELS), info.preprocess)
+
+    prepared = prepare()
     raw = np.random.default_rng(0).random(info.activation_shape[1:], dtype=np.float32)
     times = interleaved({
-        "decode + preprocess": lambda: imaging.prepare_image(imaging.decode(data, 40_000_000), info.preprocess),
+        "decode + preprocess": prepare,
         "normalise + upsample one map": lambda: heatmaps.upsample(heatmaps.normalize(raw), prepared.geometry),
     }, repeats)
     return {name: median_ms(samples) for name, samples in times.items()}
