@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import image_batch, interleaved, median_ms, session, write_json  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
+from onnxcam import methods as registry  # noqa: E402
 from server.heatmaps import normalize, upsample  # noqa: E402
 from server.imaging import Geometry  # noqa: E402
 
@@ -70,7 +71,7 @@ def overhead(folder: Path, info: dict, threads: int, repeats: int, batches: list
     size = info["input_size"][0]
     forward, explainer = session(folder / contract.FORWARD_FILE, threads), session(folder / contract.EXPLAINER_FILE,
                                                                                     threads)
-    map_names = [contract.cam_output(m) for m in info["methods"]]
+    map_names = [registry.get(m).output for m in info["methods"]]
     rows = []
     for batch in batches:
         pixels = image_batch(batch, size)
@@ -109,7 +110,7 @@ def peer(model, folder: Path, info: dict, threads: int, repeats: int) -> list[di
     layer = model.get_submodule(info["target_layer"])
     rows = []
     for method, class_name in PEER_METHODS.items():
-        output = contract.cam_output(method)
+        output = registry.get(method).output
 
         def ours(output=output):
             (raw,) = explainer.run([output], {"pixels": pixels, "target": np.array([target])})

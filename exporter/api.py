@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from exporter import check as export_check
+from exporter.cam_formulas import graph_methods
 from exporter.errors import ExportError
 from exporter.head_analysis import find_cam_linear, head_reads_pixels
 from exporter.hooks import Capture, on_layer_output
@@ -26,6 +27,7 @@ from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, 
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
 from exporter.tracing import explainer_function, forward_function, head_function, trace
 from onnxcam import contract
+from onnxcam import methods as registry
 
 log = logging.getLogger("onnxcam.exporter")
 
@@ -178,7 +180,7 @@ def export(
         label_list = _labels(labels, num_classes)
         cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
         needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
-        methods = list(contract.GRADIENT_METHODS) + ([contract.CAM_METHOD] if cam_linear else [])
+        methods = [m.name for m in graph_methods(cam_linear is not None)]
         log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
                  list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
 
@@ -189,7 +191,7 @@ def export(
         temporaries = {explainer_tmp: contract.EXPLAINER_FILE, head_tmp: contract.HEAD_FILE,
                        forward_tmp: contract.FORWARD_FILE}
         outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
-        outputs += [contract.cam_output(m) for m in methods]
+        outputs += [registry.get(m).output for m in methods]
         target_example = torch.tensor([-1] + [0] * (batch - 1), dtype=torch.int64)
         try:
             with _step(seconds, "trace_explainer", "tracing forward + backward"):
@@ -236,7 +238,7 @@ def export(
                 "target_layer_is_default": is_default,
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
-                "gradient_free_methods": list(contract.GRADIENT_FREE_METHODS),
+                "gradient_free_methods": list(registry.names(registry.Kind.GRADIENT_FREE)),
                 "cam": ({"linear_module": cam_linear, "file": contract.CAM_LINEAR_FILE} if cam_linear else None),
                 "head": {"file": contract.HEAD_FILE, "inputs": head_inputs},
                 "forward": {"file": contract.FORWARD_FILE, "inputs": [contract.INPUT_PIXELS]},

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporter.cam_formulas import GRADIENT_FORMULAS, cam
+from exporter.cam_formulas import graph_maps, graph_methods
 from exporter.errors import ExportError
 from exporter.hooks import Capture, on_layer_output
 from exporter.tracing import resolve_targets
@@ -64,10 +64,8 @@ def reference_maps(
 ) -> dict[str, torch.Tensor]:
     """Every map of the graph from A and G by the DESIGN.md formulas, evaluated in float64."""
     activations, gradients = activations.double(), gradients.double()
-    maps = {contract.cam_output(m): f(activations, gradients) for m, f in GRADIENT_FORMULAS.items()}
-    if cam_weight is not None:
-        maps[contract.cam_output(contract.CAM_METHOD)] = cam(activations, cam_weight.detach().double()[classes])
-    return maps
+    class_weights = cam_weight.detach().double()[classes] if cam_weight is not None else None
+    return graph_maps(graph_methods(cam_weight is not None), activations, gradients, class_weights)
 
 
 def rounding_floor(

@@ -15,7 +15,7 @@ from torch import nn
 from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from exporter.cam_formulas import GRADIENT_FORMULAS, cam
+from exporter.cam_formulas import graph_maps, graph_methods
 from exporter.decompositions import ContiguousPoolingInputs, backward_decompositions
 from exporter.hooks import Capture, on_layer_output
 
@@ -33,6 +33,7 @@ def explainer_function(model: nn.Module, layer: nn.Module, cam_linear: str | Non
     Rows are independent: the score is the sum of each row's own selected logit, and BatchNorm
     runs in eval mode, so d score / dA of row n involves row n only.
     """
+    methods = graph_methods(cam_linear is not None)
 
     def explain(params: Params, buffers: Params, pixels: torch.Tensor, target: torch.Tensor):
         capture = Capture()
@@ -43,10 +44,9 @@ def explainer_function(model: nn.Module, layer: nn.Module, cam_linear: str | Non
             activations = capture.activations
             (gradients,) = torch.autograd.grad(score, activations)
         activations = activations.detach()
-        maps = [formula(activations, gradients) for formula in GRADIENT_FORMULAS.values()]
-        if cam_linear is not None:
-            maps.append(cam(activations, params[f"{cam_linear}.weight"][classes]))
-        return (logits.detach(), activations, gradients, *maps)
+        class_weights = params[f"{cam_linear}.weight"][classes] if cam_linear is not None else None
+        maps = graph_maps(methods, activations, gradients, class_weights)
+        return (logits.detach(), activations, gradients, *maps.values())
 
     return explain
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from onnxcam import methods
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
 
@@ -33,17 +34,16 @@ MethodLike = str | int
 
 
 def method_value(method: MethodLike) -> int:
-    """``"gradcam"``, ``"GRADCAM"``, ``"none"`` or a Method value -> the Method value."""
+    """``"gradcam"``, ``"GRADCAM"``, ``"grad-cam++"``, ``"none"`` or a Method value -> the Method value."""
     if isinstance(method, int):
         return method
-    name = method.strip().upper().replace("-", "").replace("_", "").replace("+", "P")
-    if name in ("NONE", "METHODNONE"):
+    compact = method.strip().lower().replace("-", "").replace("_", "").replace("+", "p")
+    if compact in ("none", "methodnone"):
         return pb.METHOD_NONE
-    try:
-        return pb.Method.Value(name)
-    except ValueError:
-        names = ", ".join(n.lower() for n in pb.Method.keys() if not n.startswith("METHOD_"))
-        raise ValueError(f"unknown method {method!r}; choose from {names} or none") from None
+    for known in methods.METHODS:
+        if compact == known.name.replace("_", ""):
+            return pb.Method.Value(known.enum)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(methods.names())} or none")
 
 
 def method_name(value: int) -> str:

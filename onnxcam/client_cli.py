@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from onnxcam import methods as registry
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", default="localhost:50051", help="host:port (default localhost:50051)")
     parser.add_argument("--model", required=True, help="model name (as the server lists it)")
     parser.add_argument("--method", action="append", dest="methods", metavar="METHOD",
-                        help="gradcam (default), gradcampp, xgradcam, layercam, hirescam, cam, ablationcam, "
-                             "scorecam or none; repeat for several")
+                        help=f"{', '.join(registry.names())} or none (default {registry.DEFAULT[0]}); repeat "
+                             "for several")
     parser.add_argument("--target", action="append", type=int, dest="targets", metavar="CLASS",
                         help="class index to explain (default: the top-1); repeat for several")
     parser.add_argument("--top-k", type=int, default=5, help="predictions to print (default 5)")

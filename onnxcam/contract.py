@@ -22,17 +22,7 @@ OUTPUT_LOGITS = "logits"
 OUTPUT_ACTIVATIONS = "activations"
 OUTPUT_GRADIENTS = "gradients"
 
-#: Gradient-based maps every explainer graph carries, in output order.
-GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
-#: Carried only when the head after the target layer is global-average-pool + linear.
-CAM_METHOD = "cam"
-#: Computed by the server from head.onnx / explainer.onnx, never inside the graph.
-GRADIENT_FREE_METHODS: tuple[str, ...] = ("ablationcam", "scorecam")
+#: The methods, their kinds and their graph output names (``cam_<name>``) are in onnxcam.methods.
 
 #: Normalisation epsilon of a map shown to people: (m - min) / (max - min + eps).
 DISPLAY_EPS = 1e-7
-
-
-def cam_output(method: str) -> str:
-    """Graph output name of a map method (``gradcam`` -> ``cam_gradcam``)."""
-    return f"cam_{method}"

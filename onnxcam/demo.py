@@ -17,8 +17,11 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from onnxcam import methods as registry
+
 DEFAULT_MODEL = "efficientnet_lite0"
-DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "ablationcam"]
+#: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
+DEFAULT_METHODS = [m.name for m in registry.METHODS if not m.slow]
 STARTUP_TIMEOUT_S = 300.0
 
 
@@ -33,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to explain with (default {DEFAULT_MODEL})")
     parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                        help="methods to show (default: %(default)s; add scorecam for Score-CAM)")
+                        help="methods to show (default: every method but the slow ones, "
+                             f"{', '.join(m.name for m in registry.METHODS if m.slow)}; a method the model "
+                             "cannot compute is listed as skipped)")
     parser.add_argument("photos", nargs="*", help="your own photos (default: the bundled ones)")
     parser.set_defaults(handler=run)
 

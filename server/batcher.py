@@ -134,7 +134,7 @@ class Batcher:
                 remaining = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
             batch, rows = [], 0
             while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch):
                 item = self._queue.popleft()
@@ -149,7 +149,7 @@ class Batcher:
         for item in batch:
             if not item.future.set_running_or_notify_cancel():
                 self.rows_dropped += item.rows
-            elif item.deadline is not None and now >= item.deadline:
+            elif item.deadline is not None and now >= item.deadline:  # None: no deadline
                 self.rows_dropped += item.rows
                 item.future.set_exception(deadline("the deadline passed while the request was queued"))
             else:

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from server.methods import GRAPH_METHODS
+from onnxcam import methods as registry
 
 #: Subsets are enumerated exhaustively; beyond this many candidates it falls back to greedy order.
 MAX_EXHAUSTIVE = 12
@@ -41,7 +41,8 @@ def set_cost(costs: Costs, methods: Sequence[str], rows: int, render_ms: float) 
         return costs.predict_ms
     total = costs.explainer_ms * rows
     for method in methods:
-        total += (render_ms + (0.0 if method in GRAPH_METHODS else costs.extra_ms.get(method, 0.0))) * rows
+        in_graph = registry.get(method).kind is registry.Kind.GRAPH  # paid by the explainer call
+        total += (render_ms + (0.0 if in_graph else costs.extra_ms.get(method, 0.0))) * rows
     return total
 
 

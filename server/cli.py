@@ -15,7 +15,8 @@ limits: requests up to --max-receive-mb (default {DEFAULTS.max_receive_bytes // 
 Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULTS.max_image_pixels:,}) before
 decoding. A model whose queue holds --max-queue rows answers RESOURCE_EXHAUSTED. gRPC health checking
 (grpc.health.v1) and server reflection are on. SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
-refused, in-flight ones get --grace-s seconds to finish.
+refused, in-flight ones get --grace-s seconds to finish. A call without a deadline (gRPC's default) has none,
+unless --max-request-s sets the server's own.
 """
 
 
@@ -61,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"class indices per request (default {DEFAULTS.max_targets})")
     parser.add_argument("--grace-s", type=float, default=DEFAULTS.grace_s,
                         help=f"seconds in-flight requests get after SIGTERM (default {DEFAULTS.grace_s:g})")
+    parser.add_argument("--max-request-s", type=float, default=DEFAULTS.max_request_s,
+                        help="the server's own limit on one request in seconds, on top of the caller's deadline "
+                             "(default 0: none; a call without a deadline then runs to the end)")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request")
     parser.set_defaults(handler=run)
 
@@ -73,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         inter_op_threads=args.inter_op_threads, spin=args.spin, device=args.device,
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets, grace_s=args.grace_s,
-        log_requests=args.log_requests)
+        max_request_s=args.max_request_s, log_requests=args.log_requests)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ class ServerConfig:
     max_targets: int = DEFAULT_MAX_TARGETS
     #: Seconds in-flight requests get to finish after SIGTERM.
     grace_s: float = 30.0
+    #: The server's own limit on one request, in seconds, applied on top of the caller's deadline
+    #: (the earlier wins); 0: none, a request without a client deadline runs to the end.
+    max_request_s: float = 0.0
     #: Log one line per request (model, methods, status, total ms).
     log_requests: bool = False
 
@@ -64,8 +67,8 @@ class ServerConfig:
         positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
                     "max_image_pixels", "max_targets")
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
-        bad += [f"{name}={getattr(self, name)}" for name in ("max_delay_ms", "grace_s", "intra_op_threads",
-                                                              "inter_op_threads") if getattr(self, name) < 0]
+        non_negative = ("max_delay_ms", "grace_s", "intra_op_threads", "inter_op_threads", "max_request_s")
+        bad += [f"{name}={getattr(self, name)}" for name in non_negative if getattr(self, name) < 0]
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r}")
         if bad:

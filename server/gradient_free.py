@@ -1,4 +1,4 @@
-"""Gradient-free CAM methods on ONNX Runtime: Ablation-CAM, Score-CAM and ReciproCAM.
+"""Gradient-free CAM methods on ONNX Runtime: Ablation-CAM, Score-CAM, ReciproCAM and EigenCAM.
 
 numpy and onnxruntime only (no torch). Every function takes the explainer run's outputs
 (activations A [N, K, h, w], logits, resolved targets [N]) plus a session on one of the
@@ -10,17 +10,21 @@ display normalisation (DESIGN.md):
   through ``head.onnx``; with the head's linear layer (head = GAP + linear) the closed form
   w_k = W_ck * mean(A_k) / y_c needs no forward at all.
 - Score-CAM (Wang et al. 2020, weights as in pytorch-grad-cam): each A_k upsampled to the input
-  size (bilinear, half-pixel centres), min-max normalised, multiplies the input; w = softmax over
-  k of the target's softmax score on those inputs (``forward.onnx``); map = ReLU(sum_k w_k A_k).
+  size (bilinear), min-max normalised, multiplies the input; w = softmax over k of the target's
+  softmax score on those inputs (``forward.onnx``); map = ReLU(sum_k w_k A_k).
 - ReciproCAM (Byun & Lee 2022): h*w spatially masked copies of A through ``head.onnx``;
   map[i, j] = the target's softmax score of copy (i, j).
+- EigenCAM (Muhammad & Yeasin 2020, as pytorch-grad-cam computes it): the projection of the
+  channel-centred A on its first principal direction, ReLU'd. No forward at all.
 
-The cost of each is known before running (``forward_count``), so a latency budget can decide.
+The server reaches each method through ``serve_<name>(Inputs)`` (the name of onnxcam.methods), and
+its cost through ``forward_count``: both are known before running, so a latency budget can decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -32,7 +36,8 @@ ABLATION = "ablationcam"
 ABLATION_LINEAR = "ablationcam_linear"
 SCORE = "scorecam"
 RECIPRO = "reciprocam"
-METHODS: tuple[str, ...] = (ABLATION, ABLATION_LINEAR, SCORE, RECIPRO)
+EIGEN = "eigencam"
+METHODS: tuple[str, ...] = (ABLATION, ABLATION_LINEAR, SCORE, RECIPRO, EIGEN)
 
 #: Score-CAM's min-max normalisation epsilon, (a - min) / (max - min + eps), as pytorch-grad-cam.
 SCORE_CAM_EPS = 1e-8
@@ -45,16 +50,17 @@ RECIPRO_KERNEL = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 
 
 
 def forward_count(method: str, channels: int, height: int, width: int, *, top_r: int | None = None,
-                  chunk_size: int = 256) -> int:
+                  chunk_size: int = 256, linear: bool = False) -> int:
     """Rows one target sends through head.onnx / forward.onnx, known before running.
 
     ``channels``, ``height``, ``width`` are the activation map's K, h, w. Counts per target:
 
     - ``ablationcam``: one row per ablated channel (K, or min(top_r, K)) plus one unablated
       baseline row (y_c and y_c^(k) then come from the same graph, see ``ablation_cam``);
-    - ``ablationcam_linear`` (closed form): 0;
+    - ``ablationcam_linear``, or ``ablationcam`` with ``linear`` (the closed form): 0;
     - ``scorecam``: K;
-    - ``reciprocam``: h * w.
+    - ``reciprocam``: h * w;
+    - ``eigencam``: 0 (one SVD of A).
 
     This is exact in general and an upper bound when some channels are degenerate: Ablation-CAM
     skips channels that are zero everywhere (ablating them changes nothing, and A_k = 0 adds
@@ -67,9 +73,9 @@ def forward_count(method: str, channels: int, height: int, width: int, *, top_r:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if min(channels, height, width) < 1:
         raise ValueError(f"activation shape must be positive, got K={channels}, h={height}, w={width}")
-    if method == ABLATION:
+    if method == ABLATION and not linear:
         return _ablated_channels(channels, top_r) + 1
-    if method == ABLATION_LINEAR:
+    if method in (ABLATION, ABLATION_LINEAR, EIGEN):
         return 0
     if method == SCORE:
         return channels
@@ -119,14 +125,22 @@ def _needs_pixels(session: ort.InferenceSession, pixels: np.ndarray | None, n: i
     return pixels
 
 
-def _chunks(total: int, size: int) -> Iterator[slice]:
+#: Called before every session run of a loop; it raises to stop the work (a deadline passed, the
+#: caller went away). The exception goes through to the caller unchanged.
+Check = Callable[[], None]
+
+
+def _chunks(total: int, size: int, check: Check | None = None) -> Iterator[slice]:
     """ceil(total / size) runs of at most ``size`` rows, as even as can be: no 1-row tail run
-    (a head that starts with a large dense layer streams its whole weight matrix per run)."""
+    (a head that starts with a large dense layer streams its whole weight matrix per run).
+    ``check`` runs before each."""
     if size < 1:
         raise ValueError(f"chunk size must be positive, got {size}")
     runs = -(-total // size)
     start = 0
     for run in range(runs):
+        if check is not None:
+            check()
         stop = start + total // runs + (1 if run < total % runs else 0)
         yield slice(start, stop)
         start = stop
@@ -161,7 +175,7 @@ def _weighted_map(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
 
 def ablation_cam(head: ort.InferenceSession, activations: np.ndarray, logits: np.ndarray, targets: np.ndarray, *,
                  pixels: np.ndarray | None = None, linear: tuple[np.ndarray, np.ndarray] | None = None,
-                 chunk_size: int = 256, top_r: int | None = None) -> np.ndarray:
+                 chunk_size: int = 256, top_r: int | None = None, check: Check | None = None) -> np.ndarray:
     """Ablation-CAM maps [N, h, w] (raw, ReLU'd).
 
     ``logits`` are the explainer run's; y_c = logits[n, targets[n]] is the denominator.
@@ -214,13 +228,14 @@ def ablation_cam(head: ort.InferenceSession, activations: np.ndarray, logits: np
     if r < k:
         energy = np.square(np.maximum(activations, 0).astype(np.float64)).sum(axis=(2, 3))
         channels = [np.argsort(-e, kind="stable")[:r] for e in energy]
-    drops = ablation_drops(head, activations, targets, channels=channels, pixels=pixels, chunk_size=chunk_size)
+    drops = ablation_drops(head, activations, targets, channels=channels, pixels=pixels, chunk_size=chunk_size,
+                           check=check)
     return _weighted_map(_relative(drops, score), activations)
 
 
 def ablation_drops(head: ort.InferenceSession, activations: np.ndarray, targets: np.ndarray, *,
                    channels: list[np.ndarray] | None = None, pixels: np.ndarray | None = None,
-                   chunk_size: int = 256) -> np.ndarray:
+                   chunk_size: int = 256, check: Check | None = None) -> np.ndarray:
     """y_c - y_c^(k) [N, K] (float64) from masked rows through ``head``; 0 where not ablated.
 
     ``channels[n]``: the channels of image n to ablate (default all). Channels that are zero
@@ -243,7 +258,7 @@ def ablation_drops(head: ort.InferenceSession, activations: np.ndarray, targets:
     row_channel = np.concatenate(row_channel)
 
     row_scores = np.empty(len(row_image), dtype=np.float64)
-    for part in _chunks(len(row_image), chunk_size):
+    for part in _chunks(len(row_image), chunk_size, check):
         images, chans = row_image[part], row_channel[part]
         rows = activations[images]  # a copy
         ablated = np.flatnonzero(chans >= 0)
@@ -300,7 +315,7 @@ def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def score_cam(forward: ort.InferenceSession, pixels: np.ndarray, activations: np.ndarray, targets: np.ndarray, *,
-              batch_size: int = 32) -> np.ndarray:
+              batch_size: int = 32, check: Check | None = None) -> np.ndarray:
     """Score-CAM maps [N, h, w] (raw, ReLU'd): ReLU(sum_k w_k A_k), w from ``score_cam_weights``.
 
     The weights are close to uniform (a softmax over k of probabilities in [0, 1]), so the map is
@@ -309,12 +324,12 @@ def score_cam(forward: ort.InferenceSession, pixels: np.ndarray, activations: np
     Target the activation's output instead (onnxcam's EfficientNet-Lite models do).
     """
     activations, targets = _check(activations, targets)
-    return _weighted_map(score_cam_weights(forward, pixels, activations, targets, batch_size=batch_size),
-                         activations)
+    return _weighted_map(score_cam_weights(forward, pixels, activations, targets, batch_size=batch_size,
+                                           check=check), activations)
 
 
 def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activations: np.ndarray,
-                      targets: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+                      targets: np.ndarray, *, batch_size: int = 32, check: Check | None = None) -> np.ndarray:
     """Score-CAM channel weights [N, K] (float64).
 
     Masks: U_k = A_k upsampled to the input size (bilinear, half-pixel centres, as
@@ -341,7 +356,7 @@ def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activat
     constant = flat.max(axis=2) == flat.min(axis=2)  # [N, K]
     row_image, row_channel = np.nonzero(~constant)
     scores = np.zeros((n, k), dtype=np.float64)
-    for part in _chunks(len(row_image), batch_size):
+    for part in _chunks(len(row_image), batch_size, check):
         images, channels = row_image[part], row_channel[part]
         up = np.matmul(np.matmul(ry, activations[images, channels]), rx_t)  # [m, H, W]
         low = up.min(axis=(1, 2), keepdims=True)
@@ -367,7 +382,8 @@ def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activat
 
 
 def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np.ndarray, *,
-                pixels: np.ndarray | None = None, chunk_size: int = 256, gaussian: bool = True) -> np.ndarray:
+                pixels: np.ndarray | None = None, chunk_size: int = 256, gaussian: bool = True,
+                check: Check | None = None) -> np.ndarray:
     """ReciproCAM maps [N, h, w] (raw; softmax scores, so already >= 0).
 
     Copy (i, j) of A is zero except around (i, j): with ``gaussian`` (the authors' mosaic) the
@@ -389,7 +405,7 @@ def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np
     row_i = np.tile(np.repeat(np.arange(h), w), n)
     row_j = np.tile(np.tile(np.arange(w), h), n)
     scores = np.empty(total, dtype=np.float64)
-    for part in _chunks(total, chunk_size):
+    for part in _chunks(total, chunk_size, check):
         images, ii, jj = row_image[part], row_i[part], row_j[part]
         m = len(images)
         rows = np.zeros((m, k, h, w), dtype=np.float32)
@@ -401,3 +417,73 @@ def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np
         out = _run_head(head, rows, pixels[images] if pixels is not None else None)
         scores[part] = _softmax_at(out, targets[images])
     return scores.reshape(n, h, w).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# EigenCAM
+
+
+def eigen_cam(activations: np.ndarray) -> np.ndarray:
+    """EigenCAM maps [N, h, w] (raw, ReLU'd), as pytorch-grad-cam's ``get_2d_projection``.
+
+    Per image, A as a [h*w, K] matrix, each channel centred on its spatial mean; the map is its
+    projection on the first right singular vector. A singular vector's sign is arbitrary: like
+    pytorch-grad-cam we keep the one LAPACK returns (the same call, so the same sign), which can
+    leave a map that is zero after the ReLU. NaN activations count as 0, as there.
+    """
+    activations = np.asarray(activations, dtype=np.float32)
+    activations = np.where(np.isnan(activations), np.float32(0), activations)
+    if activations.ndim != 4:
+        raise ValueError(f"activations must be [N, K, h, w], got shape {activations.shape}")
+    n, k, h, w = activations.shape
+    maps = np.zeros((n, h, w), np.float32)
+    for i in range(n):
+        flat = activations[i].reshape(k, h * w).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=True)
+        maps[i] = (flat @ vt[0]).reshape(h, w)
+    return np.maximum(maps, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# what the server calls
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything a gradient-free method may need from one explainer run, handed over by the server."""
+
+    activations: np.ndarray
+    logits: np.ndarray
+    #: Resolved class indices, one per row.
+    targets: np.ndarray
+    #: The preprocessed input rows [N, 3, H, W].
+    pixels: np.ndarray
+    head: ort.InferenceSession
+    forward: ort.InferenceSession
+    #: Weight and bias of a GAP + linear head (cam_linear.npz), else None.
+    linear: tuple[np.ndarray, np.ndarray] | None = None
+    check: Check | None = None
+
+    @property
+    def head_pixels(self) -> np.ndarray | None:
+        """The pixels, for a head that reads them too (a skip connection crosses the layer)."""
+        names = {i.name for i in self.head.get_inputs()}
+        return self.pixels if contract.INPUT_PIXELS in names else None
+
+
+def serve_ablationcam(x: Inputs) -> np.ndarray:
+    return ablation_cam(x.head, x.activations, x.logits, x.targets, pixels=x.head_pixels, linear=x.linear,
+                        check=x.check)
+
+
+def serve_scorecam(x: Inputs) -> np.ndarray:
+    return score_cam(x.forward, x.pixels, x.activations, x.targets, check=x.check)
+
+
+def serve_reciprocam(x: Inputs) -> np.ndarray:
+    return recipro_cam(x.head, x.activations, x.targets, pixels=x.head_pixels, check=x.check)
+
+
+def serve_eigencam(x: Inputs) -> np.ndarray:
+    return eigen_cam(x.activations)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from onnxcam import contract
+from onnxcam import methods as registry
+from onnxcam.methods import Graph, Kind
 from onnxcam.proto import explainer_pb2 as pb
 from server import gradient_free_api, heatmaps, imaging
 from server.batcher import Batcher
@@ -29,10 +31,25 @@ log = logging.getLogger("onnxcam.server")
 #: Timed runs per graph at load (after warm-up); the median is kept.
 TIMING_RUNS = 5
 #: A gradient-free method is timed by one real call when its estimate is below this, else estimated
-#: from masked-forward count x per-row cost and validated on a few channels.
+#: from its row count x the measured cost of a row, and validated on its first chunk of rows.
 FULL_MEASURE_LIMIT_MS = 2000.0
-VALIDATION_CHANNELS = 4
 RENDER_PROBE_SIDE = 256
+
+
+class _FirstChunkDone(Exception):
+    pass
+
+
+def _first_chunk_only() -> Callable[[], None]:
+    """A check that lets a gradient-free method run its first chunk of rows, then stops it."""
+    calls = []
+
+    def check() -> None:
+        calls.append(None)
+        if len(calls) > 1:
+            raise _FirstChunkDone
+
+    return check
 
 
 def _median_ms(fn: Callable[[], Any], runs: int = TIMING_RUNS) -> float:
@@ -59,7 +76,7 @@ class LoadedModel:
                 raise ModelFolderError(f"{path.name} does not load in ONNX Runtime: {error}") from error
         self.explainer, self.head, self.forward = opened["explainer"], opened["head"], opened["forward"]
         self.explainer_outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS] + [
-            contract.cam_output(m) for m in info.graph_methods]
+            registry.get(m).output for m in info.graph_methods]
         try:
             check_io(self.explainer, "explainer.onnx", [contract.INPUT_PIXELS, contract.INPUT_TARGET],
                      self.explainer_outputs)
@@ -92,25 +109,25 @@ class LoadedModel:
         return weight, bias
 
     def _methods(self) -> tuple[list[str], dict[str, tuple[int, str]]]:
-        """Methods this server computes for the model, and (reason, detail) for every other one."""
-        info = self.info
+        """Methods this server computes for the model (registry order), and (reason, detail) for the others."""
+        available: list[str] = []
         unavailable: dict[str, tuple[int, str]] = {}
-        methods = list(info.graph_methods)
-        if contract.CAM_METHOD not in methods:
-            unavailable[contract.CAM_METHOD] = (pb.Skipped.NOT_SUPPORTED, "CAM needs a global-average-pool + linear "
-                                                "head after the target layer; this model has another head")
-        for method in contract.GRADIENT_METHODS:
-            if method not in methods:
-                unavailable[method] = (pb.Skipped.NOT_SUPPORTED, f"the explainer graph of this model has no "
-                                       f"{contract.cam_output(method)} (re-export it)")
-        for method in contract.GRADIENT_FREE_METHODS:
-            if method not in info.gradient_free_methods:
-                unavailable[method] = (pb.Skipped.NOT_SUPPORTED, f"model.json does not list {method}")
-            elif self.gradient_free.module is None:
-                unavailable[method] = (pb.Skipped.NOT_AVAILABLE, self.gradient_free.reason)
+        for method in registry.METHODS:
+            if method.kind is Kind.GRAPH:
+                if method.name in self.info.graph_methods:
+                    available.append(method.name)
+                elif method.needs_linear_head:
+                    unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"{method.title} needs a global-average-pool "
+                                                "+ linear head after the target layer; this model has another head")
+                else:
+                    unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"the explainer graph of this model has no "
+                                                f"{method.output}: it was exported before {method.title} was added "
+                                                "(re-export it, e.g. onnxcam models build)")
+            elif why := self.gradient_free.unavailable(method.name):
+                unavailable[method.name] = (pb.Skipped.NOT_AVAILABLE, why)
             else:
-                methods.append(method)
-        return methods, unavailable
+                available.append(method.name)
+        return available, unavailable
 
     def _warm_up_and_measure(self) -> Costs:
         h, w = self.info.input_size
@@ -126,10 +143,13 @@ class LoadedModel:
         explainer_ms = _median_ms(lambda: self._run_explainer({contract.INPUT_PIXELS: pixels,
                                                                contract.INPUT_TARGET: target}))
         predict_ms = _median_ms(lambda: self._run_forward({contract.INPUT_PIXELS: pixels}))
+        gradient_free = [m for m in self.methods if registry.get(m).kind is Kind.GRADIENT_FREE]
+        per_row = self._per_row_ms({registry.get(m).runs for m in gradient_free}, pixels, activations)
+        targets = np.argmax(logits, axis=1).astype(np.int64)
         extra = {}
-        for method in [m for m in self.methods if m in contract.GRADIENT_FREE_METHODS]:
+        for method in gradient_free:
             try:
-                extra[method] = self._measure_gradient_free(method, pixels, activations, logits)
+                extra[method] = self._measure_gradient_free(method, per_row, pixels, activations, logits, targets)
             except Exception as error:
                 log.warning("%s: %s fails on this model (%s); it is off", self.name, method, error)
                 self.methods.remove(method)
@@ -143,37 +163,43 @@ class LoadedModel:
             feed[contract.INPUT_PIXELS] = pixels
         return feed
 
-    def _measure_gradient_free(self, method: str, pixels: np.ndarray, activations: np.ndarray,
-                               logits: np.ndarray) -> float:
-        """Extra ms per row of a gradient-free method, checked to work on this model."""
-        module = self.gradient_free.module
+    def _per_row_ms(self, graphs: set[Graph], pixels: np.ndarray, activations: np.ndarray) -> dict[Graph, float]:
+        """ms per row of each graph the gradient-free methods run, measured on a batch of rows."""
+        rows = min(self.info.activation_shape[0], 16)
+        per_row = {Graph.NONE: 0.0}
+        for graph in graphs - {Graph.NONE}:
+            if graph is Graph.HEAD:
+                session, feed = self.head, self._head_feed(np.repeat(activations, rows, 0), np.repeat(pixels, rows, 0))
+            else:
+                session, feed = self.forward, {contract.INPUT_PIXELS: np.repeat(pixels, rows, 0)}
+            per_row[graph] = _median_ms(lambda s=session, f=feed: s.run(None, f), runs=3) / rows
+        return per_row
+
+    def _measure_gradient_free(self, method: str, per_row: dict[Graph, float], pixels: np.ndarray,
+                               activations: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> float:
+        """Extra ms per row of a gradient-free method, checked to work on this model: its row count
+        (known before running) x the measured ms per row of the graph it runs, or one real call when
+        that is quick."""
         k, fh, fw = self.info.activation_shape
-        targets = np.argmax(logits, axis=1).astype(np.int64)
-        rows = min(k, 16)
-        if method == "ablationcam":
-            session, feed = self.head, self._head_feed(np.repeat(activations, rows, 0), np.repeat(pixels, rows, 0))
-        else:
-            session, feed = self.forward, {contract.INPUT_PIXELS: np.repeat(pixels, rows, 0)}
-        per_row_ms = _median_ms(lambda: session.run(None, feed), runs=3) / rows
-        # With the head's linear layer, Ablation-CAM has a closed form without forwards.
-        counted = "ablationcam_linear" if method == "ablationcam" and self.linear is not None else method
         try:
-            count = int(module.forward_count(counted, k, fh, fw))
+            count = int(self.gradient_free.module.forward_count(method, k, fh, fw, linear=self.linear is not None))
+            estimate = count * per_row[registry.get(method).runs]
         except Exception as error:
-            log.warning("%s: forward_count(%s) failed (%s); assuming %d forwards", self.name, method, error, k)
-            count = k
-        estimate = count * per_row_ms
-        full = estimate <= FULL_MEASURE_LIMIT_MS
+            log.warning("%s: forward_count(%s) failed (%s); timing one full call", self.name, method, error)
+            estimate = 0.0
+        if estimate > FULL_MEASURE_LIMIT_MS:
+            # Too long to run whole at load: its first chunk of rows proves it works on this model.
+            try:
+                self.gradient_free_map(method, activations, logits, targets, pixels, check=_first_chunk_only())
+            except _FirstChunkDone:
+                pass
+            return estimate
         start = time.perf_counter()
-        if method == "ablationcam":
-            result = self.ablation_cam(activations, logits, targets, pixels,
-                                       top_r=None if full else min(k, VALIDATION_CHANNELS))
-        else:
-            result = self.score_cam(pixels, activations if full else activations[:, :VALIDATION_CHANNELS], targets)
+        result = self.gradient_free_map(method, activations, logits, targets, pixels)
         measured = (time.perf_counter() - start) * 1000.0
         if np.shape(result) != (1, fh, fw):
             raise ValueError(f"it returned shape {np.shape(result)}, not (1, {fh}, {fw})")
-        return measured if full else estimate
+        return measured
 
     def _render_ms_per_mpixel(self) -> float:
         """Upsample + grayscale PNG + overlay of one map on a probe image, per megapixel."""
@@ -193,15 +219,14 @@ class LoadedModel:
         (logits,) = self.forward.run([contract.OUTPUT_LOGITS], feed)
         return {contract.OUTPUT_LOGITS: logits}
 
-    def ablation_cam(self, activations: np.ndarray, logits: np.ndarray, targets: np.ndarray, pixels: np.ndarray,
-                     top_r: int | None = None) -> np.ndarray:
-        needs_pixels = contract.INPUT_PIXELS in self.info.head_inputs
-        return self.gradient_free.module.ablation_cam(
-            self.head, activations, logits, targets, pixels=pixels if needs_pixels else None, linear=self.linear,
-            top_r=top_r)
-
-    def score_cam(self, pixels: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return self.gradient_free.module.score_cam(self.forward, pixels, activations, targets)
+    def gradient_free_map(self, method: str, activations: np.ndarray, logits: np.ndarray, targets: np.ndarray,
+                          pixels: np.ndarray, check: Callable[[], None] | None = None) -> np.ndarray:
+        """Raw maps [N, h, w] of a gradient-free method; ``check`` runs before each chunk of session
+        runs and raises to stop the work (a deadline passed)."""
+        inputs = self.gradient_free.module.Inputs(activations=activations, logits=logits, targets=targets,
+                                                  pixels=pixels, head=self.head, forward=self.forward,
+                                                  linear=self.linear, check=check)
+        return self.gradient_free.serve[method](inputs)
 
     def close(self) -> None:
         self.explain_batcher.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxcam import contract
+from onnxcam import methods as registry
 
 
 class ModelFolderError(Exception):
@@ -39,7 +40,6 @@ class ModelInfo:
     activation_shape: tuple[int, int, int]
     #: Maps the explainer graph outputs (``cam_<method>``).
     graph_methods: tuple[str, ...]
-    gradient_free_methods: tuple[str, ...]
     #: cam_linear.npz when the head is global-average-pool + linear, else None.
     cam_linear_file: Path | None
     head_file: Path
@@ -110,7 +110,6 @@ def load_model_info(folder: Path) -> ModelInfo:
             target_layer=str(data.get("target_layer", "")),
             activation_shape=activation_shape,  # type: ignore[arg-type]
             graph_methods=methods,
-            gradient_free_methods=tuple(str(m) for m in data.get("gradient_free_methods", ())),
             cam_linear_file=_file(folder, cam.get("file", contract.CAM_LINEAR_FILE)) if cam else None,
             head_file=_file(folder, head.get("file", contract.HEAD_FILE)),
             head_inputs=tuple(head.get("inputs", [contract.INPUT_ACTIVATIONS])),
@@ -127,7 +126,7 @@ def load_model_info(folder: Path) -> ModelInfo:
         raise ModelFolderError(f"activation_shape {list(info.activation_shape)} is not [K, h, w]")
     if len(labels) != num_classes:
         raise ModelFolderError(f"{len(labels)} labels for {num_classes} classes")
-    unknown = set(methods) - set(contract.GRADIENT_METHODS) - {contract.CAM_METHOD}
+    unknown = set(methods) - set(registry.names(registry.Kind.GRAPH))
     if unknown:
-        raise ModelFolderError(f"unknown methods in model.json: {sorted(unknown)}")
+        raise ModelFolderError(f"unknown methods in model.json: {sorted(unknown)} (written by a newer onnxcam?)")
     return info

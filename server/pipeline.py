@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcam import contract
+from onnxcam import methods as registry
+from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
-from server import budget, heatmaps, imaging, methods
+from server import budget, deadlines, heatmaps, imaging, methods
 from server.batcher import Batcher, BatchResult
 from server.config import ServerConfig
 from server.errors import deadline, invalid
@@ -124,9 +126,8 @@ class Pipeline:
     @staticmethod
     def _wait(batcher: Batcher, feed: dict[str, np.ndarray], deadline_at: float | None) -> BatchResult:
         future = batcher.submit(feed, deadline_at)
-        timeout = None if deadline_at is None else max(deadline_at - time.monotonic(), 0.0)
         try:
-            return future.result(timeout=timeout)
+            return future.result(timeout=deadlines.wait_s(deadline_at))
         except (FutureTimeout, CancelledError):
             future.cancel()
             raise deadline("the deadline passed before inference finished") from None
@@ -153,17 +154,19 @@ class Pipeline:
         inference_ms = result.run_s * 1000.0
         logits = result.outputs[contract.OUTPUT_LOGITS]
         targets = np.asarray(options.targets or [int(np.argmax(logits[0]))], dtype=np.int64)
-        maps = {m: result.outputs[contract.cam_output(m)] for m in chosen if m in methods.GRAPH_METHODS}
+        kinds = {name: registry.get(name).kind for name in chosen}
+        maps = {m: result.outputs[registry.get(m).output] for m in chosen if kinds[m] is Kind.GRAPH}
         gradient_free_start = time.perf_counter()
-        for name in chosen:
-            if deadline_at is not None and time.monotonic() >= deadline_at:
+
+        def check_deadline() -> None:
+            if deadlines.passed(deadline_at):
                 raise deadline("the deadline passed during inference")
-            if name == "ablationcam":
-                maps[name] = model.ablation_cam(result.outputs[contract.OUTPUT_ACTIVATIONS], logits, targets,
-                                                pixels)
-            elif name == "scorecam":
-                maps[name] = model.score_cam(pixels, result.outputs[contract.OUTPUT_ACTIVATIONS],
-                                             targets)
+
+        for name in chosen:
+            if kinds[name] is Kind.GRADIENT_FREE:
+                check_deadline()
+                maps[name] = model.gradient_free_map(name, result.outputs[contract.OUTPUT_ACTIVATIONS], logits,
+                                                     targets, pixels, check=check_deadline)
         post_start = time.perf_counter()
         inference_ms += _ms(gradient_free_start, post_start)
         response = pb.ExplainResponse(model=model.name, request_id=request.request_id, skipped=skipped,

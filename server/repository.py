@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxcam import contract
+from onnxcam.proto import explainer_pb2 as pb
 from server.config import ServerConfig
 from server.errors import not_found
 from server.loaded_model import LoadedModel
@@ -64,7 +65,8 @@ def load_repository(root: Path, config: ServerConfig) -> Repository:
             repository.skipped[str(folder)] = f"unexpected error: {error}"
             continue
         repository.models[info.name] = model
-        off = ", ".join(f"{m} ({d})" for m, (_, d) in model.unavailable.items() if m in info.gradient_free_methods)
+        off = ", ".join(f"{m} ({d})" for m, (reason, d) in model.unavailable.items()
+                        if reason == pb.Skipped.NOT_AVAILABLE)
         log.info("loaded %s from %s: %d classes, input %s, methods %s, providers %s; costs ms %s%s", info.name, folder,
                  info.num_classes, list(info.input_size), ", ".join(model.methods), ", ".join(model.providers),
                  {k: round(v, 2) for k, v in model.costs.as_dict().items()}, f"; off: {off}" if off else "")

@@ -13,7 +13,7 @@ import grpc
 
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
-from server import metadata
+from server import deadlines, metadata
 from server.errors import RequestError
 from server.pipeline import Pipeline
 
@@ -23,16 +23,15 @@ log = logging.getLogger("onnxcam.server")
 STREAM_WINDOW = 8
 
 
-def deadline_of(context: grpc.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 class ExplainerService(pb_grpc.ExplainerServicer):
     def __init__(self, pipeline: Pipeline, stream_workers: int = 4, log_requests: bool = False) -> None:
         self.pipeline = pipeline
         self.log_requests = log_requests
         self._stream_pool = ThreadPoolExecutor(max_workers=stream_workers, thread_name_prefix="stream")
+
+    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+        """The caller's deadline and the server's own limit; no deadline at all is common (gRPC's default)."""
+        return deadlines.deadline_at(context.time_remaining(), self.pipeline.config.max_request_s)
 
     def _explain(self, request: pb.ExplainRequest, deadline_at: float | None) -> pb.ExplainResponse:
         """The pipeline, with unexpected failures turned into INTERNAL and a log line per request."""
@@ -57,7 +56,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         if self.log_requests:
             log.info("received explain model=%s", request.model)
         try:
-            return self._explain(request, deadline_of(context))
+            return self._explain(request, self._deadline(context))
         except RequestError as error:
             context.abort(error.code, error.message)
 
@@ -65,7 +64,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
                       context: grpc.ServicerContext) -> Iterator[pb.ExplainResponse]:
         """Requests are worked on concurrently (up to STREAM_WINDOW), answered in order."""
         pending: queue.Queue[tuple[pb.ExplainRequest, Future] | None] = queue.Queue(maxsize=STREAM_WINDOW)
-        deadline_at = deadline_of(context)
+        deadline_at = self._deadline(context)
 
         def _put(entry: tuple[pb.ExplainRequest, Future] | None) -> bool:
             try:

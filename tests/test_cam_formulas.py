@@ -71,8 +71,14 @@ def hirescam_loops(a: np.ndarray, g: np.ndarray) -> np.ndarray:
                        for j in range(w)] for i in range(h)] for b in range(n)])
 
 
+def gradcam_counterfactual_loops(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM of the negated gradients (Selvaraju et al. 2017, section 5)."""
+    return gradcam_loops(a, -g)
+
+
 LOOPS = {
     "gradcam": gradcam_loops,
+    "gradcam_counterfactual": gradcam_counterfactual_loops,
     "gradcampp": gradcampp_loops,
     "xgradcam": xgradcam_loops,
     "layercam": layercam_loops,
@@ -83,7 +89,7 @@ LOOPS = {
 @pytest.mark.parametrize("method", sorted(LOOPS))
 def test_formula_matches_written_out_definition(method: str) -> None:
     activations, gradients = _inputs()
-    got = cam_formulas.GRADIENT_FORMULAS[method](torch.from_numpy(activations), torch.from_numpy(gradients))
+    got = cam_formulas.FORMULAS[method](torch.from_numpy(activations), torch.from_numpy(gradients))
     expected = LOOPS[method](activations, gradients)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
@@ -98,7 +104,10 @@ def test_cam_uses_the_target_rows_of_the_fc_weights() -> None:
     np.testing.assert_allclose(got.numpy(), _channel_weighted(fc[targets], activations), rtol=1e-10, atol=1e-12)
 
 
-def test_every_contract_method_has_a_formula() -> None:
-    from onnxcam import contract
+def test_every_graph_method_has_a_formula_and_a_written_out_check() -> None:
+    from onnxcam import methods
 
-    assert tuple(cam_formulas.GRADIENT_FORMULAS) == contract.GRADIENT_METHODS
+    graph = methods.names(methods.Kind.GRAPH)
+    assert tuple(cam_formulas.FORMULAS) == graph
+    assert set(LOOPS) | {"cam"} == set(graph)  # every formula is checked above (CAM just above)
+    assert [m.name for m in cam_formulas.graph_methods(linear_head=False)] == [m for m in graph if m != "cam"]

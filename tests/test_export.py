@@ -32,7 +32,7 @@ def test_contract_inputs_and_outputs(tiny_model_dir: Path) -> None:
     assert [i.name for i in session.get_inputs()] == ["pixels", "target"]
     assert [o.name for o in session.get_outputs()] == [
         "logits", "activations", "gradients", "cam_gradcam", "cam_gradcampp", "cam_xgradcam",
-        "cam_layercam", "cam_hirescam", "cam_cam"]
+        "cam_layercam", "cam_hirescam", "cam_cam", "cam_gradcam_counterfactual"]
     assert session.get_inputs()[0].type == "tensor(float)"
     assert session.get_inputs()[1].type == "tensor(int64)"
     assert isinstance(session.get_inputs()[0].shape[0], str)  # dynamic batch
@@ -93,7 +93,8 @@ def test_model_json_and_onnx_metadata(tiny_model_dir: Path) -> None:
     assert info["target_layer"] == "features" and info["target_layer_is_default"] is True
     assert info["input_size"] == [32, 32] and info["activation_shape"] == [24, 8, 8]
     assert info["labels"][3] == "thing 3" and info["num_classes"] == 10
-    assert info["methods"] == ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam"]
+    assert info["methods"] == ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam",
+                               "gradcam_counterfactual"]
     assert info["source"]["module_class"] == "tiny_models.TinyNet"
     assert len(info["source"]["state_dict_sha256"]) == 64
     check = info["export_check"]
@@ -112,7 +113,7 @@ def test_skip_connection_across_the_layer_makes_the_head_read_pixels(tmp_path: P
     model = seeded(SkipNet(), seed=3)
     report = export(model, "middle", tmp_path / "skip", input_size=(32, 32))
     assert report.passed and report.head_inputs == ["activations", "pixels"]
-    assert contract.CAM_METHOD not in report.methods  # the head is not GAP + linear of A
+    assert "cam" not in report.methods  # the head is not GAP + linear of A
     assert not (tmp_path / "skip" / contract.CAM_LINEAR_FILE).exists()
     pixels = _pixels(2, seed=5)
     logits, a, _, _ = activations_and_gradients(model, model.middle, pixels, [-1, -1])

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 from test_server_helpers import encode, make_repository, rgb_image, running_server
 
+from onnxcam import methods as registry
 from onnxcam.client import ExplainerClient
 from onnxcam.proto import explainer_pb2 as pb
 from server.heatmaps import normalize
@@ -129,8 +130,8 @@ def test_health_and_reflection(server):
 
 def test_tensor_input_matches_the_graph(client, reference):
     pixels = tensor(1)
-    response = client.explain(pixels, "tiny", methods=["gradcam", "gradcampp", "cam"], raw=True, heatmap_png=True,
-                              overlay_png=True)
+    names = ["gradcam", "gradcampp", "cam", "gradcam_counterfactual"]
+    response = client.explain(pixels, "tiny", methods=names, raw=True, heatmap_png=True, overlay_png=True)
     expected = reference(pixels)
     logits = expected["logits"]
     order = np.argsort(-logits)[:5]
@@ -140,8 +141,8 @@ def test_tensor_input_matches_the_graph(client, reference):
         assert p.label == f"thing {p.index}"
         assert p.logit == pytest.approx(logits[p.index], rel=1e-5, abs=1e-5)
         assert p.score == pytest.approx(probabilities[p.index], rel=1e-5, abs=1e-7)
-    assert [h.method for h in response.heatmaps] == [pb.GRADCAM, pb.GRADCAMPP, pb.CAM]
-    for heatmap, name in zip(response.heatmaps, ["gradcam", "gradcampp", "cam"], strict=True):
+    assert [h.method for h in response.heatmaps] == [pb.GRADCAM, pb.GRADCAMPP, pb.CAM, pb.GRADCAM_COUNTERFACTUAL]
+    for heatmap, name in zip(response.heatmaps, names, strict=True):
         assert heatmap.target == order[0] and heatmap.target_label == f"thing {order[0]}"
         np.testing.assert_allclose(raw_of(heatmap), expected[f"cam_{name}"], rtol=1e-5, atol=1e-6)
         gray = png(heatmap.heatmap_png)
@@ -220,8 +221,8 @@ def test_gradient_free_methods(client, server, reference, tiny_model_dir):
     from server import gradient_free
 
     pixels = tensor(6)
-    response = client.explain(pixels, "tiny", methods=["ablationcam", "scorecam"], targets=[2], raw=True,
-                              heatmap_png=True)
+    response = client.explain(pixels, "tiny", methods=["ablationcam", "scorecam", "reciprocam", "eigencam"],
+                              targets=[2], raw=True, heatmap_png=True)
     expected = reference(pixels, 2)
     forward = ort.InferenceSession(str(tiny_model_dir / "forward.onnx"), providers=["CPUExecutionProvider"])
     with np.load(tiny_model_dir / "cam_linear.npz") as linear:
@@ -230,18 +231,23 @@ def test_gradient_free_methods(client, server, reference, tiny_model_dir):
     args = (expected["activations"][None], expected["logits"][None], np.asarray([2]))
     ablation = gradient_free.ablation_cam(head, *args, linear=weights)[0]
     score = gradient_free.score_cam(forward, pixels[None], expected["activations"][None], np.asarray([2]))[0]
-    assert [h.method for h in response.heatmaps] == [pb.ABLATIONCAM, pb.SCORECAM]
-    np.testing.assert_allclose(raw_of(response.heatmaps[0]), ablation, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(raw_of(response.heatmaps[1]), score, rtol=1e-5, atol=1e-6)
+    recipro = gradient_free.recipro_cam(head, expected["activations"][None], np.asarray([2]))[0]
+    eigen = gradient_free.eigen_cam(expected["activations"][None])[0]
+    assert [h.method for h in response.heatmaps] == [pb.ABLATIONCAM, pb.SCORECAM, pb.RECIPROCAM, pb.EIGENCAM]
+    for heatmap, reference_map in zip(response.heatmaps, (ablation, score, recipro, eigen), strict=True):
+        np.testing.assert_allclose(raw_of(heatmap), reference_map, rtol=1e-5, atol=1e-6)
+        assert heatmap.heatmap_png.startswith(b"\x89PNG")
+    costs = client.metadata("tiny").method_cost_ms
+    assert {"ablationcam", "scorecam", "reciprocam", "eigencam"} <= set(costs)
 
 
 def test_budget_skips_methods_but_never_predictions(client):
-    methods = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "ablationcam", "scorecam"]
+    methods = list(registry.names())
     tight = client.explain(tensor(7), "tiny", methods=methods, budget_ms=0.001, overlay_png=True)
     assert len(tight.predictions) == 5 and not tight.heatmaps
     budget = [s for s in tight.skipped if s.reason == pb.Skipped.BUDGET]
     assert {s.method for s in budget} | {s.method for s in tight.skipped if s.reason == pb.Skipped.NOT_AVAILABLE} \
-        == {pb.Method.Value(m.upper()) for m in methods}
+        == {pb.Method.Value(registry.get(m).enum) for m in methods}
     assert all("budget" in s.detail for s in budget)
     roomy = client.explain(tensor(7), "tiny", methods=methods, budget_ms=1e7, overlay_png=True)
     assert not [s for s in roomy.skipped if s.reason == pb.Skipped.BUDGET]

@@ -26,6 +26,7 @@ def test_stubs_carry_the_contract_names():
     stream = service.methods_by_name["ExplainStream"]
     assert stream.client_streaming and stream.server_streaming
     assert list(pb.Method.keys()) == ["METHOD_UNSPECIFIED", "METHOD_NONE", "CAM", "GRADCAM", "GRADCAMPP", "XGRADCAM",
-                                      "LAYERCAM", "HIRESCAM", "ABLATIONCAM", "SCORECAM"]
+                                      "LAYERCAM", "HIRESCAM", "ABLATIONCAM", "SCORECAM", "GRADCAM_COUNTERFACTUAL",
+                                      "EIGENCAM", "RECIPROCAM"]
     request = pb.ExplainRequest.DESCRIPTOR
     assert [f.name for f in request.oneofs_by_name["input"].fields] == ["image", "tensor"]

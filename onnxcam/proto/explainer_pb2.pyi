@@ -19,6 +19,9 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HIRESCAM: _ClassVar[Method]
     ABLATIONCAM: _ClassVar[Method]
     SCORECAM: _ClassVar[Method]
+    GRADCAM_COUNTERFACTUAL: _ClassVar[Method]
+    EIGENCAM: _ClassVar[Method]
+    RECIPROCAM: _ClassVar[Method]
 METHOD_UNSPECIFIED: Method
 METHOD_NONE: Method
 CAM: Method
@@ -29,6 +32,9 @@ LAYERCAM: Method
 HIRESCAM: Method
 ABLATIONCAM: Method
 SCORECAM: Method
+GRADCAM_COUNTERFACTUAL: Method
+EIGENCAM: Method
+RECIPROCAM: Method
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "data")

@@ -1,0 +1,131 @@
+"""Every explanation method, declared once.
+
+The server (which graph or function computes a method, what it costs, what a model lacks), the
+exporter (which maps go into explainer.onnx, and the export check), the client, the demo gallery,
+``GetModelMetadata`` and the README's method table are all driven from ``METHODS``. Adding a
+method means: an entry here, its formula in its kind's home, and its value in the proto's
+``Method`` enum (a test checks the three agree).
+
+Kept free of torch and numpy: the server, the client and the exporter all import it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """Where a method is computed, which decides its cost and its formula's home."""
+
+    #: A formula on A and G inside explainer.onnx: ``exporter/cam_formulas.py``, function ``<name>``,
+    #: graph output ``cam_<name>`` [N, h, w]. One explainer call yields every such map.
+    GRAPH = "explainer.onnx"
+    #: Computed by the server from A (and head.onnx / forward.onnx runs): ``server/gradient_free.py``,
+    #: function ``serve_<name>``; its row count is ``forward_count(<name>, K, h, w)``.
+    GRADIENT_FREE = "server"
+
+
+class Graph(enum.Enum):
+    """The graph whose rows a gradient-free method runs, for its cost (``forward_count`` rows of it)."""
+
+    NONE = "none"
+    HEAD = "head.onnx"
+    FORWARD = "forward.onnx"
+
+
+@dataclass(frozen=True)
+class Method:
+    #: model.json, graph output ``cam_<name>``, CLI and client spelling.
+    name: str
+    #: The proto's ``onnxcam.v1.Method`` value name.
+    enum: str
+    title: str
+    kind: Kind
+    #: Where the method comes from.
+    paper: str
+    #: The written-out formula (Z = h*w; sums over i, j are spatial, over k channels).
+    formula: str
+    #: The implementation users compare against, and the tests do.
+    reference: str
+    #: What the server runs beyond the explainer call (GRADIENT_FREE only).
+    runs: Graph = Graph.NONE
+    #: Only for models whose head after the target layer is global-average-pool + linear.
+    needs_linear_head: bool = False
+    #: Seconds rather than milliseconds per image on CPU: left out of the demo's default gallery.
+    slow: bool = False
+
+    @property
+    def output(self) -> str:
+        """The explainer graph's output name (GRAPH methods)."""
+        return f"cam_{self.name}"
+
+
+METHODS: tuple[Method, ...] = (
+    Method("gradcam", "GRADCAM", "Grad-CAM", Kind.GRAPH, "Selvaraju et al. 2017",
+           "α_k = (1/Z) Σ_ij G_kij; ReLU(Σ_k α_k A_k)", "pytorch-grad-cam GradCAM"),
+    Method("gradcampp", "GRADCAMPP", "Grad-CAM++", Kind.GRAPH, "Chattopadhay et al. 2018",
+           "a = G² / (2G² + Σ_ab A_kab · G³ + 1e-6), 0 where G = 0; w_k = Σ_ij a·ReLU(G); ReLU(Σ_k w_k A_k)",
+           "pytorch-grad-cam GradCAMPlusPlus"),
+    Method("xgradcam", "XGRADCAM", "XGrad-CAM", Kind.GRAPH, "Fu et al. 2020",
+           "w_k = Σ_ij G_kij A_kij / (Σ_ij A_kij + 1e-7); ReLU(Σ_k w_k A_k)", "pytorch-grad-cam XGradCAM"),
+    Method("layercam", "LAYERCAM", "LayerCAM", Kind.GRAPH, "Jiang et al. 2021",
+           "ReLU(Σ_k ReLU(G_k) ⊙ A_k)", "pytorch-grad-cam LayerCAM"),
+    Method("hirescam", "HIRESCAM", "HiResCAM", Kind.GRAPH, "Draelos & Carin 2020",
+           "ReLU(Σ_k G_k ⊙ A_k)", "pytorch-grad-cam HiResCAM"),
+    Method("cam", "CAM", "CAM", Kind.GRAPH, "Zhou et al. 2016",
+           "w_k = W_ck (the target's FC weight); ReLU(Σ_k w_k A_k)", "pytorch-grad-cam (weights by hand)",
+           needs_linear_head=True),
+    Method("gradcam_counterfactual", "GRADCAM_COUNTERFACTUAL", "Counterfactual Grad-CAM", Kind.GRAPH,
+           "Selvaraju et al. 2017, §5", "α_k = (1/Z) Σ_ij −G_kij; ReLU(Σ_k α_k A_k)",
+           "pytorch-grad-cam GradCAM on the negated score"),
+    Method("ablationcam", "ABLATIONCAM", "Ablation-CAM", Kind.GRADIENT_FREE, "Desai & Ramaswamy 2020",
+           "w_k = (y_c − y_c^(k)) / y_c, y_c^(k) with A_k = 0; ReLU(Σ_k w_k A_k)", "pytorch-grad-cam AblationCAM",
+           runs=Graph.HEAD),
+    Method("scorecam", "SCORECAM", "Score-CAM", Kind.GRADIENT_FREE, "Wang et al. 2020",
+           "M_k = minmax(up(A_k)); w = softmax_k(softmax(f(x ⊙ M_k))_c); ReLU(Σ_k w_k A_k)",
+           "pytorch-grad-cam ScoreCAM", runs=Graph.FORWARD, slow=True),
+    Method("eigencam", "EIGENCAM", "EigenCAM", Kind.GRADIENT_FREE, "Muhammad & Yeasin 2020",
+           "A as [Z, K], centred per channel; its projection on the first right singular vector; ReLU",
+           "pytorch-grad-cam EigenCAM"),
+    Method("reciprocam", "RECIPROCAM", "ReciproCAM", Kind.GRADIENT_FREE, "Byun & Lee 2022",
+           "map_ij = softmax(head(A masked to a 3×3 Gaussian around (i, j)))_c", "the authors' code (ported)",
+           runs=Graph.HEAD),
+)
+
+BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
+BY_ENUM: dict[str, Method] = {m.enum: m for m in METHODS}
+#: What a request with no methods gets.
+DEFAULT: tuple[str, ...] = ("gradcam",)
+
+
+def of_kind(kind: Kind) -> tuple[Method, ...]:
+    return tuple(m for m in METHODS if m.kind is kind)
+
+
+def names(kind: Kind | None = None) -> tuple[str, ...]:
+    return tuple(m.name for m in METHODS if kind is None or m.kind is kind)
+
+
+def get(name: str) -> Method:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(BY_NAME)}") from None
+
+
+def markdown_table() -> str:
+    """The README's method table."""
+    rows = ["| method | request as | computed | formula | paper | reference in the tests |",
+            "|---|---|---|---|---|---|"]
+    for m in METHODS:
+        where = "explainer.onnx" if m.kind is Kind.GRAPH else f"server ({m.runs.value})" if m.runs is not Graph.NONE \
+            else "server (numpy on A)"
+        note = " (GAP + linear heads)" if m.needs_linear_head else ""
+        rows.append(f"| {m.title}{note} | `{m.name}` / `{m.enum}` | {where} | {m.formula} | {m.paper} | "
+                    f"{m.reference} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
