@@ -25,13 +25,16 @@ from exporter.identity import module_class, state_dict_sha256
 from exporter.layers import default_layer, resolve_layer
 from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
-from exporter.tracing import explainer_function, forward_function, head_function, trace
+from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
 from onnxcam import methods as registry
 
 log = logging.getLogger("onnxcam.exporter")
 
 TRACE_SEED = 0
+INPUT_GRADIENTS_INPUTS = [contract.INPUT_PIXELS, contract.INPUT_TARGET, contract.INPUT_RULE]
+INPUT_GRADIENTS_OUTPUTS = [contract.OUTPUT_LOGITS, contract.OUTPUT_INPUT_GRADIENTS, contract.OUTPUT_SALIENCY,
+                           contract.OUTPUT_GUIDED_GRADCAM]
 
 
 def trace_batch(*shapes: tuple[int, ...]) -> int:
@@ -59,6 +62,7 @@ class ExportReport:
     num_classes: int
     opset: int
     explainer_check: export_check.CheckResult
+    input_gradients_check: export_check.CheckResult
     head_check: export_check.CheckResult
     forward_check: export_check.CheckResult
     seconds: dict[str, float] = field(default_factory=dict)
@@ -66,11 +70,14 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return self.explainer_check.passed and self.head_check.passed and self.forward_check.passed
+        return all(c.passed for c in (self.explainer_check, self.input_gradients_check, self.head_check,
+                                      self.forward_check))
 
     def max_errors(self) -> dict[str, float]:
         """Worst relative error per output (head logits as ``head.logits``)."""
         errors = {name: err.max_rel for name, err in self.explainer_check.errors.items()}
+        errors.update({f"input_gradients.{name}": err.max_rel
+                       for name, err in self.input_gradients_check.errors.items()})
         errors.update({f"head.{name}": err.max_rel for name, err in self.head_check.errors.items()})
         errors.update({f"forward.{name}": err.max_rel for name, err in self.forward_check.errors.items()})
         return errors
@@ -188,8 +195,9 @@ def export(
         explainer_tmp = out_dir / f".{contract.EXPLAINER_FILE}.tmp"
         head_tmp = out_dir / f".{contract.HEAD_FILE}.tmp"
         forward_tmp = out_dir / f".{contract.FORWARD_FILE}.tmp"
-        temporaries = {explainer_tmp: contract.EXPLAINER_FILE, head_tmp: contract.HEAD_FILE,
-                       forward_tmp: contract.FORWARD_FILE}
+        input_tmp = out_dir / f".{contract.INPUT_GRADIENTS_FILE}.tmp"
+        temporaries = {explainer_tmp: contract.EXPLAINER_FILE, input_tmp: contract.INPUT_GRADIENTS_FILE,
+                       head_tmp: contract.HEAD_FILE, forward_tmp: contract.FORWARD_FILE}
         outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
         outputs += [registry.get(m).output for m in methods]
         target_example = torch.tensor([-1] + [0] * (batch - 1), dtype=torch.int64)
@@ -199,6 +207,14 @@ def export(
             with _step(seconds, "onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
                            [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs, pixels_example=example)
+            rule_example = torch.arange(batch, dtype=torch.int64) % 3
+            with _step(seconds, "trace_input_gradients", "tracing the backward pass to the pixels (ReLU rules)"):
+                input_graph = trace(input_gradients_function(model, layer), model, example, target_example,
+                                    rule_example)
+            with _step(seconds, "onnx_input_gradients", "writing input_gradients.onnx"):
+                write_onnx(input_graph, model, (example, target_example, rule_example), input_tmp,
+                           INPUT_GRADIENTS_INPUTS, INPUT_GRADIENTS_OUTPUTS, kind="input_gradients",
+                           pixels_example=example)
             head_example: tuple[torch.Tensor, ...] = (torch.randn((batch, *activation_shape[1:])),)
             head_inputs = [contract.INPUT_ACTIVATIONS]
             if needs_pixels:
@@ -219,9 +235,12 @@ def export(
             with _step(seconds, "check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
                 explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
                                                                 num_classes, cam_weight, tolerance)
+                input_result = export_check.check_input_gradients(input_tmp, model, layer, input_shape, num_classes,
+                                                                  tolerance)
                 head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes, tolerance)
                 forward_result = export_check.check_forward(forward_tmp, model, input_shape, num_classes, tolerance)
-            failures = (explainer_result.failures() + [f"head {f}" for f in head_result.failures()]
+            failures = (explainer_result.failures() + [f"input_gradients {f}" for f in input_result.failures()]
+                        + [f"head {f}" for f in head_result.failures()]
                         + [f"forward {f}" for f in forward_result.failures()])
             if failures:
                 raise ExportError(f"export check failed (tolerance {tolerance:g} relative): "
@@ -238,8 +257,11 @@ def export(
                 "target_layer_is_default": is_default,
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
+                "input_methods": list(registry.names(registry.Kind.INPUT)),
                 "gradient_free_methods": list(registry.names(registry.Kind.GRADIENT_FREE)),
                 "cam": ({"linear_module": cam_linear, "file": contract.CAM_LINEAR_FILE} if cam_linear else None),
+                "input_gradients": {"file": contract.INPUT_GRADIENTS_FILE, "inputs": INPUT_GRADIENTS_INPUTS,
+                                    "outputs": INPUT_GRADIENTS_OUTPUTS},
                 "head": {"file": contract.HEAD_FILE, "inputs": head_inputs},
                 "forward": {"file": contract.FORWARD_FILE, "inputs": [contract.INPUT_PIXELS]},
                 "explainer": {"file": contract.EXPLAINER_FILE,
@@ -247,7 +269,8 @@ def export(
                 "opset": OPSET,
                 "source": {"module_class": module_class(model), "state_dict_sha256": state_dict_sha256(model),
                            **(source or {})},
-                "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict(),
+                "export_check": {"explainer": explainer_result.to_dict(), "input_gradients": input_result.to_dict(),
+                                 "head": head_result.to_dict(),
                                  "forward": forward_result.to_dict()},
                 "export_seconds": dict(seconds),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
@@ -270,7 +293,8 @@ def export(
     report = ExportReport(
         name=name, out_dir=out_dir, target_layer=target_layer, target_layer_is_default=is_default,
         methods=methods, head_inputs=head_inputs, activation_shape=[int(v) for v in activation_shape[1:]],
-        num_classes=num_classes, opset=OPSET, explainer_check=explainer_result, head_check=head_result,
+        num_classes=num_classes, opset=OPSET, explainer_check=explainer_result,
+        input_gradients_check=input_result, head_check=head_result,
         forward_check=forward_result,
         seconds=seconds,
         sizes_bytes={name: (out_dir / name).stat().st_size for name in temporaries.values()},

@@ -15,7 +15,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporter.cam_formulas import graph_maps, graph_methods
+from exporter.backprop_rules import RuleState, ruled_relus
+from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.errors import ExportError
 from exporter.hooks import Capture, on_layer_output
 from exporter.tracing import resolve_targets
@@ -207,6 +208,62 @@ def check_explainer(
                 _accumulate(errors, name, compare(value, reference[name]))
     return CheckResult(errors=errors, batches=[len(t) for _, t in cases], end_to_end=end_to_end,
                        tolerance=tolerance)
+
+
+def reference_input_gradients(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, target: torch.Tensor,
+                              rule: torch.Tensor) -> dict[str, np.ndarray]:
+    """What input_gradients.onnx must return, from the module run eagerly: rows with the plain rule by
+    torch.autograd alone, the others with the ReLU rules of backprop_rules applied eagerly."""
+    capture = Capture()
+    state = RuleState(rule, pixels.dtype)
+    pixels = pixels.clone().requires_grad_(True)
+    with torch.enable_grad(), on_layer_output(layer, capture.keep_graph), ruled_relus(state):
+        logits = model(pixels)
+        classes = resolve_targets(logits, target)
+        score = logits.gather(1, classes[:, None]).sum()
+        state.use_plain()
+        (layer_gradients,) = torch.autograd.grad(score, capture.activations, retain_graph=True)
+        state.use_rows()
+        (gradients,) = torch.autograd.grad(score, pixels)
+    plain = rule == contract.RULE_PLAIN
+    if plain.any():  # independent of the rule code: ordinary autograd on the unmodified module
+        with torch.enable_grad():
+            pixels_plain = pixels.detach()[plain].requires_grad_(True)
+            out = model(pixels_plain)
+            (gradients_plain,) = torch.autograd.grad(out.gather(1, classes[plain][:, None]).sum(), pixels_plain)
+        gradients = gradients.detach().clone()
+        gradients[plain] = gradients_plain
+    cam = gradcam(capture.activations.detach().double(), layer_gradients.double())
+    upsampled = torch.nn.functional.interpolate(cam[:, None], size=tuple(pixels.shape[2:]), mode="bilinear",
+                                                align_corners=False)
+    gradients = gradients.detach().double()
+    return {contract.OUTPUT_LOGITS: logits.detach().double().numpy(),
+            contract.OUTPUT_INPUT_GRADIENTS: gradients.numpy(),
+            contract.OUTPUT_SALIENCY: gradients.abs().amax(dim=1).numpy(),
+            contract.OUTPUT_GUIDED_GRADCAM: (gradients * upsampled).numpy()}
+
+
+def check_input_gradients(
+    path: Path, model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+    tolerance: float = TOLERANCE,
+) -> CheckResult:
+    """input_gradients.onnx with every rule: batch 1 guided (top-1), batch 3 plain, deconvnet, guided."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    errors: dict[str, OutputError] = {}
+    cases = _cases(input_shape, num_classes)
+    rules = ([contract.RULE_GUIDED], [contract.RULE_PLAIN, contract.RULE_DECONVNET, contract.RULE_GUIDED])
+    for (pixels, target), rule in zip(cases, rules, strict=True):
+        rule = torch.tensor(rule, dtype=torch.int64)
+        feeds = {contract.INPUT_PIXELS: pixels.numpy(), contract.INPUT_TARGET: target.numpy(),
+                 contract.INPUT_RULE: rule.numpy()}
+        got = dict(zip(names, _run(session, path, names, feeds), strict=True))
+        reference = reference_input_gradients(model, layer, pixels, target, rule)
+        if sorted(names) != sorted(reference):
+            raise ExportError(f"graph outputs {names} do not match the contract {sorted(reference)}")
+        for name, value in got.items():
+            _accumulate(errors, name, compare(value, reference[name]))
+    return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)
 
 
 def check_head(

@@ -33,6 +33,11 @@ class _ExplainerModule(_GraphModule):
         return self.graph_module(pixels, target)
 
 
+class _InputGradientsModule(_GraphModule):
+    def forward(self, pixels: torch.Tensor, target: torch.Tensor, rule: torch.Tensor):
+        return self.graph_module(pixels, target, rule)
+
+
 class _ForwardModule(_GraphModule):
     def forward(self, pixels: torch.Tensor):
         return self.graph_module(pixels)
@@ -76,10 +81,12 @@ def write_onnx(
 ) -> None:
     """Export ``graph`` (with ``model``'s weights) to ``path``; every input has a dynamic batch.
 
-    ``kind`` is the graph's signature: explainer (pixels, target), head (activations[, pixels])
-    or forward (pixels). ``pixels_example`` serves only to name the module of an op that fails.
+    ``kind`` is the graph's signature: explainer (pixels, target), input_gradients (pixels, target,
+    rule), head (activations[, pixels]) or forward (pixels). ``pixels_example`` serves only to name the
+    module of an op that fails.
     """
-    wrapper = {"explainer": _ExplainerModule, "head": _HeadModule, "forward": _ForwardModule}[kind](graph)
+    wrapper = {"explainer": _ExplainerModule, "input_gradients": _InputGradientsModule, "head": _HeadModule,
+               "forward": _ForwardModule}[kind](graph)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in example)
     log = io.StringIO()

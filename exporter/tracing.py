@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from exporter.cam_formulas import graph_maps, graph_methods
+from exporter.backprop_rules import RuleState, ruled_relus
+from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.decompositions import ContiguousPoolingInputs, backward_decompositions
 from exporter.hooks import Capture, on_layer_output
 
@@ -49,6 +51,34 @@ def explainer_function(model: nn.Module, layer: nn.Module, cam_linear: str | Non
         return (logits.detach(), activations, gradients, *maps.values())
 
     return explain
+
+
+def input_gradients_function(model: nn.Module, layer: nn.Module) -> Callable:
+    """(params, buffers, pixels, target, rule) -> (logits, input_gradients, saliency, guided_gradcam).
+
+    One forward pass, then two backward passes: the plain one through the head only (Grad-CAM's G,
+    for Guided Grad-CAM, as the paper defines it), and one through the whole network to the pixels
+    with each row's ReLU rule (backprop_rules). Rows stay independent, as in the explainer.
+    """
+
+    def input_gradients(params: Params, buffers: Params, pixels: torch.Tensor, target: torch.Tensor,
+                        rule: torch.Tensor):
+        capture = Capture()
+        state = RuleState(rule, pixels.dtype)
+        pixels = pixels.detach().requires_grad_(True)
+        with torch.enable_grad(), on_layer_output(layer, capture.keep_graph), ruled_relus(state):
+            logits = torch.func.functional_call(model, (params, buffers), (pixels,))
+            classes = resolve_targets(logits, target)
+            score = logits.gather(1, classes[:, None]).sum()
+            state.use_plain()
+            (layer_gradients,) = torch.autograd.grad(score, capture.activations, retain_graph=True)
+            state.use_rows()
+            (gradients,) = torch.autograd.grad(score, pixels)
+        cam = gradcam(capture.activations.detach(), layer_gradients)
+        upsampled = F.interpolate(cam[:, None], size=tuple(pixels.shape[2:]), mode="bilinear", align_corners=False)
+        return logits.detach(), gradients, gradients.abs().amax(dim=1), gradients * upsampled
+
+    return input_gradients
 
 
 def head_function(model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int] | None) -> Callable:

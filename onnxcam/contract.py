@@ -9,6 +9,9 @@ EXPLAINER_FILE = "explainer.onnx"
 HEAD_FILE = "head.onnx"
 #: The plain network, pixels -> logits: Score-CAM's masked forwards and the overhead baseline.
 FORWARD_FILE = "forward.onnx"
+#: The whole network's backward pass to the pixels, one ReLU rule per row: saliency, deconvnet,
+#: guided backpropagation and Guided Grad-CAM. A graph of its own, so the explainer's cost never grows.
+INPUT_GRADIENTS_FILE = "input_gradients.onnx"
 MODEL_JSON = "model.json"
 #: Weight [C, K] and bias [C] of the head when it is global-average-pool + linear (CAM and the
 #: closed form of Ablation-CAM need them; the server has no other way to the weights).
@@ -17,10 +20,21 @@ CAM_LINEAR_FILE = "cam_linear.npz"
 INPUT_PIXELS = "pixels"
 INPUT_TARGET = "target"
 INPUT_ACTIVATIONS = "activations"
+#: int64 [N]: the ReLU backward rule of each row of input_gradients.onnx.
+INPUT_RULE = "rule"
+RULE_PLAIN = 0
+RULE_DECONVNET = 1
+RULE_GUIDED = 2
 
 OUTPUT_LOGITS = "logits"
 OUTPUT_ACTIVATIONS = "activations"
 OUTPUT_GRADIENTS = "gradients"
+#: input_gradients.onnx: d logit[target] / d pixels under the row's rule [N, 3, H, W]; its max over
+#: colour channels of the absolute value [N, H, W] (saliency, for plain rows); and that gradient
+#: times the row's Grad-CAM map upsampled to the input [N, 3, H, W] (Guided Grad-CAM, guided rows).
+OUTPUT_INPUT_GRADIENTS = "input_gradients"
+OUTPUT_SALIENCY = "saliency"
+OUTPUT_GUIDED_GRADCAM = "guided_gradcam"
 
 #: The methods, their kinds and their graph output names (``cam_<name>``) are in onnxcam.methods.
 

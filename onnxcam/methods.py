@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from onnxcam import contract
+
 
 class Kind(enum.Enum):
     """Where a method is computed, which decides its cost and its formula's home."""
@@ -21,6 +23,10 @@ class Kind(enum.Enum):
     #: A formula on A and G inside explainer.onnx: ``exporter/cam_formulas.py``, function ``<name>``,
     #: graph output ``cam_<name>`` [N, h, w]. One explainer call yields every such map.
     GRAPH = "explainer.onnx"
+    #: A backward pass through the whole network to the pixels, with the method's ReLU rule:
+    #: input_gradients.onnx (``exporter/backprop_rules.py``), graph output ``output`` at input resolution.
+    #: One row per (image, target, rule); methods that share a rule share the row.
+    INPUT = "input_gradients.onnx"
     #: Computed by the server from A (and head.onnx / forward.onnx runs): ``server/gradient_free.py``,
     #: function ``serve_<name>``; its row count is ``forward_count(<name>, K, h, w)``.
     GRADIENT_FREE = "server"
@@ -54,11 +60,15 @@ class Method:
     needs_linear_head: bool = False
     #: Seconds rather than milliseconds per image on CPU: left out of the demo's default gallery.
     slow: bool = False
+    #: INPUT methods: the ReLU backward rule (contract.RULE_*), the graph output, and its channels.
+    rule: int | None = None
+    graph_output: str = ""
+    channels: int = 1
 
     @property
     def output(self) -> str:
-        """The explainer graph's output name (GRAPH methods)."""
-        return f"cam_{self.name}"
+        """The graph output that holds the map: ``cam_<name>`` in explainer.onnx, or the INPUT graph's."""
+        return self.graph_output or f"cam_{self.name}"
 
 
 METHODS: tuple[Method, ...] = (
@@ -79,6 +89,20 @@ METHODS: tuple[Method, ...] = (
     Method("gradcam_counterfactual", "GRADCAM_COUNTERFACTUAL", "Counterfactual Grad-CAM", Kind.GRAPH,
            "Selvaraju et al. 2017, §5", "α_k = (1/Z) Σ_ij −G_kij; ReLU(Σ_k α_k A_k)",
            "pytorch-grad-cam GradCAM on the negated score"),
+    Method("saliency", "SALIENCY", "Saliency", Kind.INPUT, "Simonyan et al. 2014",
+           "M_ij = max_c |∂S_c/∂I_cij| (the plain gradient)", "Captum Saliency (abs), max over colour channels",
+           rule=contract.RULE_PLAIN, graph_output=contract.OUTPUT_SALIENCY),
+    Method("deconvnet", "DECONVNET", "Deconvnet", Kind.INPUT, "Zeiler & Fergus 2014",
+           "∂S_c/∂I with every ReLU passing back ReLU(g)", "Captum Deconvolution",
+           rule=contract.RULE_DECONVNET, graph_output=contract.OUTPUT_INPUT_GRADIENTS, channels=3),
+    Method("guided_backprop", "GUIDED_BACKPROP", "Guided backpropagation", Kind.INPUT, "Springenberg et al. 2015",
+           "∂S_c/∂I with every ReLU passing back ReLU(g)·[x > 0]",
+           "Captum GuidedBackprop, pytorch-grad-cam GuidedBackpropReLUModel",
+           rule=contract.RULE_GUIDED, graph_output=contract.OUTPUT_INPUT_GRADIENTS, channels=3),
+    Method("guided_gradcam", "GUIDED_GRADCAM", "Guided Grad-CAM", Kind.INPUT, "Selvaraju et al. 2017",
+           "guided backpropagation ⊙ Grad-CAM upsampled bilinearly to the input",
+           "Captum GuidedGradCam (interpolate_mode=bilinear)",
+           rule=contract.RULE_GUIDED, graph_output=contract.OUTPUT_GUIDED_GRADCAM, channels=3),
     Method("ablationcam", "ABLATIONCAM", "Ablation-CAM", Kind.GRADIENT_FREE, "Desai & Ramaswamy 2020",
            "w_k = (y_c − y_c^(k)) / y_c, y_c^(k) with A_k = 0; ReLU(Σ_k w_k A_k)", "pytorch-grad-cam AblationCAM",
            runs=Graph.HEAD),
@@ -119,10 +143,11 @@ def markdown_table() -> str:
     rows = ["| method | request as | computed | formula | paper | reference in the tests |",
             "|---|---|---|---|---|---|"]
     for m in METHODS:
-        where = "explainer.onnx" if m.kind is Kind.GRAPH else f"server ({m.runs.value})" if m.runs is not Graph.NONE \
-            else "server (numpy on A)"
+        where = (m.kind.value if m.kind is not Kind.GRADIENT_FREE else f"server ({m.runs.value})"
+                 if m.runs is not Graph.NONE else "server (numpy on A)")
         note = " (GAP + linear heads)" if m.needs_linear_head else ""
-        rows.append(f"| {m.title}{note} | `{m.name}` / `{m.enum}` | {where} | {m.formula} | {m.paper} | "
+        formula = m.formula.replace("|", "\\|")  # a table cell cannot hold a bare |
+        rows.append(f"| {m.title}{note} | `{m.name}` / `{m.enum}` | {where} | {formula} | {m.paper} | "
                     f"{m.reference} |")
     return "\n".join(rows)
 

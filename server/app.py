@@ -75,8 +75,8 @@ class ExplainerServer:
         if self._stopping is None:
             self.health.enter_graceful_shutdown()  # health checks say NOT_SERVING from now on
             for model in self.repository.models.values():
-                model.explain_batcher.drain()
-                model.predict_batcher.drain()
+                for batcher in model.batchers:
+                    batcher.drain()
             self._stopping = self._server.stop(self.config.grace_s if grace_s is None else grace_s)
         return self._stopping
 

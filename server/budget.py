@@ -2,7 +2,9 @@
 
 Costs are per row (one image x one target) at batch 1, in milliseconds. Every graph method comes
 out of the same explainer call, so the first one pays ``explainer_ms`` and the others only their
-postprocessing; gradient-free methods pay their own masked forwards on top. Without any method the
+postprocessing; gradient-free methods pay their own masked forwards on top; input-gradient
+methods pay one input_gradients.onnx row per ReLU rule (guided backpropagation and Guided Grad-CAM
+share one). Without any method the
 request runs the plain forward graph (``predict_ms``), which is always paid: predictions are never
 skipped.
 """
@@ -27,22 +29,30 @@ class Costs:
     extra_ms: dict[str, float] = field(default_factory=dict)
     #: Postprocessing of one map per megapixel of output (upsample + PNG + overlay).
     render_ms_per_mpixel: float = 0.0
+    #: One row of input_gradients.onnx; methods that share a ReLU rule share the row.
+    input_ms: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         out = {"predict": self.predict_ms, "explainer": self.explainer_ms,
-               "render_per_mpixel": self.render_ms_per_mpixel}
+               "render_per_mpixel": self.render_ms_per_mpixel, "input_gradients": self.input_ms}
         out.update(self.extra_ms)
         return out
 
 
 def set_cost(costs: Costs, methods: Sequence[str], rows: int, render_ms: float) -> float:
-    """Estimated ms for computing ``methods`` for ``rows`` rows, predictions included."""
+    """Estimated ms for computing ``methods`` for ``rows`` rows, predictions included: the explainer
+    call when a CAM-family method is asked for, one input-gradient row per ReLU rule, the
+    gradient-free methods' own runs, and rendering."""
     if not methods:
         return costs.predict_ms
-    total = costs.explainer_ms * rows
-    for method in methods:
-        in_graph = registry.get(method).kind is registry.Kind.GRAPH  # paid by the explainer call
-        total += (render_ms + (0.0 if in_graph else costs.extra_ms.get(method, 0.0))) * rows
+    declared = [registry.get(m) for m in methods]
+    rules = {m.rule for m in declared if m.kind is registry.Kind.INPUT}
+    total = costs.input_ms * len(rules) * rows
+    if any(m.kind is not registry.Kind.INPUT for m in declared):
+        total += costs.explainer_ms * rows
+    for method in declared:
+        extra = costs.extra_ms.get(method.name, 0.0) if method.kind is registry.Kind.GRADIENT_FREE else 0.0
+        total += (render_ms + extra) * rows
     return total
 
 

@@ -1,5 +1,6 @@
 """Raw maps to pictures: ReLU, min-max normalisation, bilinear upsampling to the original image,
-grayscale and colour-overlay PNGs. numpy and Pillow only; nothing is encoded unless asked for."""
+grayscale and colour-overlay PNGs; RGB gradient images for the input-gradient maps. numpy and
+Pillow only; nothing is encoded unless asked for."""
 
 from __future__ import annotations
 
@@ -65,15 +66,32 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def gradient_image(raw: np.ndarray) -> np.ndarray:
+    """[3, h, w] gradients -> [3, h, w] in [0, 1], as the Grad-CAM paper and pytorch-grad-cam's
+    ``deprocess_image`` show guided maps: (g - mean) / (std + 1e-5) * 0.1 + 0.5, clipped."""
+    g = raw.astype(np.float32)
+    g = (g - g.mean()) / (g.std() + np.float32(1e-5))
+    return np.clip(g * np.float32(0.1) + np.float32(0.5), 0.0, 1.0)
+
+
 def render(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap_png: bool,
            overlay_png: bool) -> tuple[bytes, bytes]:
-    """The requested PNGs of one raw map: (grayscale heatmap or b"", overlay or b"")."""
+    """The requested PNGs of one raw map: (heatmap or b"", overlay or b"").
+
+    A [h, w] map becomes a grayscale heatmap and a jet overlay; a [3, h, w] gradient map (deconvnet,
+    guided backpropagation, Guided Grad-CAM) an RGB gradient image, and that image over the photo.
+    """
     if not heatmap_png and not overlay_png:
         return b"", b""
-    heat = upsample(normalize(raw), geometry)
-    gray = encode_png(to_uint8(heat)) if heatmap_png else b""
+    if raw.ndim == 3:
+        picture = np.stack([upsample(channel, geometry) for channel in gradient_image(raw)], axis=-1)
+        shown = encode_png(to_uint8(picture)) if heatmap_png else b""
+    else:
+        heat = upsample(normalize(raw), geometry)
+        shown = encode_png(to_uint8(heat)) if heatmap_png else b""
+        picture = jet(heat) if overlay_png else None
     overlay = b""
     if overlay_png:
-        blended = OVERLAY_ALPHA * jet(heat) + (1.0 - OVERLAY_ALPHA) * (rgb.astype(np.float32) / 255.0)
+        blended = OVERLAY_ALPHA * picture + (1.0 - OVERLAY_ALPHA) * (rgb.astype(np.float32) / 255.0)
         overlay = encode_png(to_uint8(blended))
-    return gray, overlay
+    return shown, overlay

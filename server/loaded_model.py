@@ -34,6 +34,9 @@ TIMING_RUNS = 5
 #: from its row count x the measured cost of a row, and validated on its first chunk of rows.
 FULL_MEASURE_LIMIT_MS = 2000.0
 RENDER_PROBE_SIDE = 256
+#: What the server reads from input_gradients.onnx (saliency, the rule's gradient, Guided Grad-CAM).
+INPUT_OUTPUTS = [contract.OUTPUT_LOGITS, contract.OUTPUT_INPUT_GRADIENTS, contract.OUTPUT_SALIENCY,
+                 contract.OUTPUT_GUIDED_GRADCAM]
 
 
 class _FirstChunkDone(Exception):
@@ -75,6 +78,14 @@ class LoadedModel:
             except Exception as error:
                 raise ModelFolderError(f"{path.name} does not load in ONNX Runtime: {error}") from error
         self.explainer, self.head, self.forward = opened["explainer"], opened["head"], opened["forward"]
+        self.input_gradients = None
+        if info.input_gradients_file is not None:
+            try:
+                self.input_gradients = open_session(info.input_gradients_file, config.device,
+                                                    config.intra_op_threads, config.inter_op_threads, config.spin)
+            except Exception as error:
+                raise ModelFolderError(f"{info.input_gradients_file.name} does not load in ONNX Runtime: "
+                                       f"{error}") from error
         self.explainer_outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS] + [
             registry.get(m).output for m in info.graph_methods]
         try:
@@ -82,6 +93,9 @@ class LoadedModel:
                      self.explainer_outputs)
             check_io(self.head, "head.onnx", list(info.head_inputs), [contract.OUTPUT_LOGITS])
             check_io(self.forward, "forward.onnx", [contract.INPUT_PIXELS], [contract.OUTPUT_LOGITS])
+            if self.input_gradients is not None:
+                check_io(self.input_gradients, contract.INPUT_GRADIENTS_FILE,
+                         [contract.INPUT_PIXELS, contract.INPUT_TARGET, contract.INPUT_RULE], INPUT_OUTPUTS)
         except ValueError as error:
             raise ModelFolderError(str(error)) from error
         self.providers = list(self.explainer.get_providers())
@@ -92,6 +106,8 @@ class LoadedModel:
         batch = dict(max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000.0, max_queue=config.max_queue)
         self.explain_batcher = Batcher(f"{self.name}/explainer", self._run_explainer, **batch)
         self.predict_batcher = Batcher(f"{self.name}/forward", self._run_forward, **batch)
+        self.input_batcher = (Batcher(f"{self.name}/input_gradients", self._run_input_gradients, **batch)
+                              if self.input_gradients is not None else None)
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_linear(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -123,6 +139,13 @@ class LoadedModel:
                     unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"the explainer graph of this model has no "
                                                 f"{method.output}: it was exported before {method.title} was added "
                                                 "(re-export it, e.g. onnxcam models build)")
+            elif method.kind is Kind.INPUT:
+                if self.input_gradients is not None:
+                    available.append(method.name)
+                else:
+                    unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"this model folder has no "
+                                                f"{contract.INPUT_GRADIENTS_FILE}: it was exported before "
+                                                f"{method.title} was added (re-export it, e.g. onnxcam models build)")
             elif why := self.gradient_free.unavailable(method.name):
                 unavailable[method.name] = (pb.Skipped.NOT_AVAILABLE, why)
             else:
@@ -155,7 +178,13 @@ class LoadedModel:
                 self.methods.remove(method)
                 self.unavailable[method] = (pb.Skipped.NOT_AVAILABLE, f"{method} failed on this model at load: "
                                             f"{error}")
-        return Costs(predict_ms, explainer_ms, extra, self._render_ms_per_mpixel())
+        input_ms = 0.0
+        if self.input_gradients is not None:
+            feed = {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target,
+                    contract.INPUT_RULE: np.full((1,), contract.RULE_GUIDED, np.int64)}
+            self._run_input_gradients(feed)
+            input_ms = _median_ms(lambda: self._run_input_gradients(feed))
+        return Costs(predict_ms, explainer_ms, extra, self._render_ms_per_mpixel(), input_ms)
 
     def _head_feed(self, activations: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
         feed = {contract.INPUT_ACTIVATIONS: activations}
@@ -215,6 +244,10 @@ class LoadedModel:
         values = self.explainer.run(self.explainer_outputs, feed)
         return dict(zip(self.explainer_outputs, values, strict=True))
 
+    def _run_input_gradients(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.input_gradients.run(INPUT_OUTPUTS, feed)
+        return dict(zip(INPUT_OUTPUTS, values, strict=True))
+
     def _run_forward(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (logits,) = self.forward.run([contract.OUTPUT_LOGITS], feed)
         return {contract.OUTPUT_LOGITS: logits}
@@ -228,6 +261,10 @@ class LoadedModel:
                                                   linear=self.linear, check=check)
         return self.gradient_free.serve[method](inputs)
 
+    @property
+    def batchers(self) -> list[Batcher]:
+        return [b for b in (self.explain_batcher, self.predict_batcher, self.input_batcher) if b is not None]
+
     def close(self) -> None:
-        self.explain_batcher.close()
-        self.predict_batcher.close()
+        for batcher in self.batchers:
+            batcher.close()

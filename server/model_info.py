@@ -46,6 +46,9 @@ class ModelInfo:
     head_inputs: tuple[str, ...]
     forward_file: Path
     explainer_file: Path
+    #: input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided Grad-CAM); None in
+    #: folders exported before it existed.
+    input_gradients_file: Path | None
     opset: int
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -100,6 +103,7 @@ def load_model_info(folder: Path) -> ModelInfo:
         head = data.get("head") or {}
         forward = data.get("forward") or {}
         explainer = data.get("explainer") or {}
+        input_gradients = data.get("input_gradients") or {}
         info = ModelInfo(
             name=str(data.get("name") or folder.name),
             folder=folder,
@@ -115,6 +119,7 @@ def load_model_info(folder: Path) -> ModelInfo:
             head_inputs=tuple(head.get("inputs", [contract.INPUT_ACTIVATIONS])),
             forward_file=_file(folder, forward.get("file", contract.FORWARD_FILE)),
             explainer_file=_file(folder, explainer.get("file", contract.EXPLAINER_FILE)),
+            input_gradients_file=_file(folder, input_gradients["file"]) if input_gradients else None,
             opset=int(data.get("opset", 0)),
             raw=data,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -19,7 +19,7 @@ from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
 from server import budget, deadlines, heatmaps, imaging, methods
-from server.batcher import Batcher, BatchResult
+from server.batcher import BatchResult
 from server.config import ServerConfig
 from server.errors import deadline, invalid
 from server.loaded_model import LoadedModel
@@ -124,13 +124,19 @@ class Pipeline:
         return chosen, skipped
 
     @staticmethod
-    def _wait(batcher: Batcher, feed: dict[str, np.ndarray], deadline_at: float | None) -> BatchResult:
-        future = batcher.submit(feed, deadline_at)
+    def _wait(future: Future, deadline_at: float | None) -> BatchResult:
         try:
             return future.result(timeout=deadlines.wait_s(deadline_at))
         except (FutureTimeout, CancelledError):
             future.cancel()
             raise deadline("the deadline passed before inference finished") from None
+
+    @staticmethod
+    def _input_feed(pixels: np.ndarray, target: np.ndarray, rules: list[int]) -> dict[str, np.ndarray]:
+        """One input_gradients.onnx row per (rule, target), rule-major."""
+        return {contract.INPUT_PIXELS: np.concatenate([pixels] * len(rules)),
+                contract.INPUT_TARGET: np.tile(target, len(rules)),
+                contract.INPUT_RULE: np.repeat(np.asarray(rules, np.int64), len(target))}
 
     def explain(self, request: pb.ExplainRequest, deadline_at: float | None = None) -> pb.ExplainResponse:
         """Serve one request; ``deadline_at`` is a time.monotonic() instant or None."""
@@ -144,28 +150,41 @@ class Pipeline:
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
                                            geometry.height * geometry.width)
         skipped += over_budget
+        declared = {name: registry.get(name) for name in chosen}
+        rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
         pixels = np.repeat(prepared.pixels[None], rows, axis=0)
-        if chosen:
-            target = np.asarray(options.targets or [-1], dtype=np.int64)
-            result = self._wait(model.explain_batcher, {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target},
-                                deadline_at)
-        else:
-            result = self._wait(model.predict_batcher, {contract.INPUT_PIXELS: pixels[:1]}, deadline_at)
-        inference_ms = result.run_s * 1000.0
-        logits = result.outputs[contract.OUTPUT_LOGITS]
+        target = np.asarray(options.targets or [-1], dtype=np.int64)
+        # Both graphs are queued before waiting on either, so their batchers run them side by side.
+        pending: list[Future] = []
+        if any(m.kind is not Kind.INPUT for m in declared.values()):
+            pending.append(model.explain_batcher.submit({contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target},
+                                                        deadline_at))
+        if rules:
+            pending.append(model.input_batcher.submit(self._input_feed(pixels, target, rules), deadline_at))
+        if not pending:
+            pending.append(model.predict_batcher.submit({contract.INPUT_PIXELS: pixels[:1]}, deadline_at))
+        results = [self._wait(future, deadline_at) for future in pending]
+        outputs = {name: value for result in reversed(results) for name, value in result.outputs.items()}
+        inference_ms = sum(result.run_s for result in results) * 1000.0
+        logits = results[0].outputs[contract.OUTPUT_LOGITS]
         targets = np.asarray(options.targets or [int(np.argmax(logits[0]))], dtype=np.int64)
-        kinds = {name: registry.get(name).kind for name in chosen}
-        maps = {m: result.outputs[registry.get(m).output] for m in chosen if kinds[m] is Kind.GRAPH}
+        maps = {}
+        for name, method in declared.items():
+            if method.kind is Kind.GRAPH:
+                maps[name] = outputs[method.output]
+            elif method.kind is Kind.INPUT:
+                first = rules.index(method.rule) * rows
+                maps[name] = results[-1].outputs[method.output][first:first + rows]
         gradient_free_start = time.perf_counter()
 
         def check_deadline() -> None:
             if deadlines.passed(deadline_at):
                 raise deadline("the deadline passed during inference")
 
-        for name in chosen:
-            if kinds[name] is Kind.GRADIENT_FREE:
+        for name, method in declared.items():
+            if method.kind is Kind.GRADIENT_FREE:
                 check_deadline()
-                maps[name] = model.gradient_free_map(name, result.outputs[contract.OUTPUT_ACTIVATIONS], logits,
+                maps[name] = model.gradient_free_map(name, outputs[contract.OUTPUT_ACTIVATIONS], logits[:rows],
                                                      targets, pixels, check=check_deadline)
         post_start = time.perf_counter()
         inference_ms += _ms(gradient_free_start, post_start)
@@ -175,9 +194,9 @@ class Pipeline:
         self._heatmaps(response, model, chosen, maps, targets, prepared, options)
         end = time.perf_counter()
         response.timing.CopyFrom(pb.Timing(
-            decode_ms=decode_ms, preprocess_ms=preprocess_ms, queue_ms=result.queue_s * 1000.0,
+            decode_ms=decode_ms, preprocess_ms=preprocess_ms, queue_ms=results[0].queue_s * 1000.0,
             inference_ms=inference_ms, postprocess_ms=_ms(post_start, end), total_ms=_ms(start, end),
-            batch_rows=result.batch_rows))
+            batch_rows=results[0].batch_rows))
         return response
 
     @staticmethod
@@ -196,7 +215,9 @@ class Pipeline:
                 heatmap = response.heatmaps.add(method=methods.ENUM_BY_NAME[name], target=int(target),
                                                 target_label=model.info.labels[int(target)])
                 if options.raw:
-                    heatmap.raw.height, heatmap.raw.width = int(raw.shape[0]), int(raw.shape[1])
+                    heatmap.raw.height, heatmap.raw.width = int(raw.shape[-2]), int(raw.shape[-1])
+                    if raw.ndim == 3:
+                        heatmap.raw.channels = int(raw.shape[0])
                     heatmap.raw.values.extend(raw.ravel().tolist())
                 gray, overlay = heatmaps.render(raw, prepared.geometry, prepared.rgb,
                                                 heatmap_png=options.heatmap_png, overlay_png=options.overlay_png)

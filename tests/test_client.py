@@ -34,7 +34,7 @@ def test_method_names():
     assert method_value("none") == pb.METHOD_NONE
     assert method_value(pb.CAM) == pb.CAM and method_name(pb.LAYERCAM) == "layercam"
     with pytest.raises(ValueError, match="unknown method"):
-        method_value("saliency")
+        method_value("no-such-cam")
 
 
 def test_build_request_inputs(image_file):

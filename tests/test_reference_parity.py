@@ -113,3 +113,55 @@ def test_default_model_maps_equal_pytorch_grad_cam_on_photos(method, tmp_path):
             theirs = reference_map(model, model.get_submodule(layer_name), method, pixels, target)
             assert np.abs(ours - theirs).max() < TOLERANCE, (method, photo.name)
             assert Image.open(photo).size  # the photo is real
+
+
+def captum_map(model: torch.nn.Module, method: str, pixels: np.ndarray, target: int) -> np.ndarray:
+    """Captum's attribution for ``method`` on one preprocessed image, as the graph lays it out."""
+    from captum.attr import Deconvolution, GuidedBackprop, GuidedGradCam, Saliency
+
+    tensor = torch.from_numpy(pixels[None]).requires_grad_(True)
+    if method == "saliency":
+        return Saliency(model).attribute(tensor, target=target, abs=True)[0].amax(dim=0).detach().numpy()
+    if method == "deconvnet":
+        return Deconvolution(model).attribute(tensor, target=target)[0].detach().numpy()
+    if method == "guided_backprop":
+        return GuidedBackprop(model).attribute(tensor, target=target)[0].detach().numpy()
+    return GuidedGradCam(model, model.features).attribute(tensor, target=target,
+                                                          interpolate_mode="bilinear")[0].detach().numpy()
+
+
+INPUT_METHODS = ["saliency", "deconvnet", "guided_backprop", "guided_gradcam"]
+
+
+def relative(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def test_tiny_model_input_gradient_maps_equal_captum(tiny_client):
+    model = seeded(TinyNet()).eval()
+    for seed in range(3):
+        pixels = np.random.default_rng(10 + seed).standard_normal((3, 32, 32)).astype(np.float32)
+        target = seed + 2
+        response = tiny_client.explain(pixels, "tiny", methods=INPUT_METHODS, targets=[target], raw=True,
+                                       heatmap_png=True)
+        assert not response.skipped
+        for method, heatmap in zip(INPUT_METHODS, response.heatmaps, strict=True):
+            assert heatmap.method == pb.Method.Value(method.upper())
+            channels = max(heatmap.raw.channels, 1)
+            assert channels == (1 if method == "saliency" else 3)
+            ours = np.asarray(heatmap.raw.values, np.float32).reshape(channels, 32, 32)
+            ours = ours[0] if channels == 1 else ours
+            theirs = captum_map(model, method, pixels, target)
+            assert relative(ours, theirs) < TOLERANCE, (method, seed, relative(ours, theirs))
+            assert theirs.std() > 0  # a non-trivial map
+
+
+def test_tiny_model_guided_backprop_equals_pytorch_grad_cam(tiny_client):
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    model = seeded(TinyNet()).eval()
+    pixels = np.random.default_rng(20).standard_normal((3, 32, 32)).astype(np.float32)
+    (heatmap,) = tiny_client.explain(pixels, "tiny", methods=["guided_backprop"], targets=[4], raw=True).heatmaps
+    ours = np.asarray(heatmap.raw.values, np.float32).reshape(3, 32, 32).transpose(1, 2, 0)
+    theirs = GuidedBackpropReLUModel(model=model, device="cpu")(torch.from_numpy(pixels[None]), target_category=4)
+    assert relative(ours, theirs) < TOLERANCE

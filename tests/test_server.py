@@ -342,3 +342,38 @@ def test_oversized_request_is_refused_by_the_size_limit(server, client):
             explain(pb.ExplainRequest(model="tiny", image=b"\0" * (17 * 2**20)), timeout=60)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.explain(GOOD, "tiny").predictions
+
+
+def test_a_folder_exported_before_input_gradients_serves_the_rest(tiny_model_dir, tmp_path):
+    """No input_gradients.onnx: the input-gradient methods are NOT_SUPPORTED with the way out, the rest serve."""
+    import shutil
+
+    old = tmp_path / "models" / "old"
+    shutil.copytree(tiny_model_dir, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["input_gradients"]
+    meta["name"] = "old"
+    (old / "model.json").write_text(json.dumps(meta))
+    (old / "input_gradients.onnx").unlink()
+    with running_server(tmp_path / "models") as running, ExplainerClient(running.address, timeout=60) as client:
+        response = client.explain(tensor(9), "old", methods=["guided_gradcam", "gradcam", "saliency"])
+        assert [h.method for h in response.heatmaps] == [pb.GRADCAM]
+        assert [(s.method, s.reason) for s in response.skipped] == [
+            (pb.GUIDED_GRADCAM, pb.Skipped.NOT_SUPPORTED), (pb.SALIENCY, pb.Skipped.NOT_SUPPORTED)]
+        assert "re-export" in response.skipped[0].detail
+        assert pb.SALIENCY not in client.metadata("old").methods
+
+
+def test_input_gradient_maps_render_as_rgb_gradient_images(client):
+    image = encode(rgb_image(40, 60))
+    response = client.explain(image, "tiny", methods=["guided_backprop", "saliency"], heatmap_png=True,
+                              overlay_png=True, raw=True)
+    guided, saliency = response.heatmaps
+    assert guided.raw.channels == 3 and len(guided.raw.values) == 3 * 32 * 32
+    assert saliency.raw.channels == 0 and len(saliency.raw.values) == 32 * 32
+    for heatmap, mode in ((guided, "RGB"), (saliency, "L")):
+        picture = png(heatmap.heatmap_png)
+        assert picture.mode == mode and picture.size == (60, 40)  # the original image's size
+        assert png(heatmap.overlay_png).size == (60, 40)
+    inside = np.asarray(png(guided.heatmap_png), np.float64)[:, 10:50]  # the 40x40 centre crop the model saw
+    assert inside.std() > 1 and abs(np.median(inside) - 128) < 20  # grey 0.5 where the gradient is ~0

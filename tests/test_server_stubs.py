@@ -27,6 +27,7 @@ def test_stubs_carry_the_contract_names():
     assert stream.client_streaming and stream.server_streaming
     assert list(pb.Method.keys()) == ["METHOD_UNSPECIFIED", "METHOD_NONE", "CAM", "GRADCAM", "GRADCAMPP", "XGRADCAM",
                                       "LAYERCAM", "HIRESCAM", "ABLATIONCAM", "SCORECAM", "GRADCAM_COUNTERFACTUAL",
-                                      "EIGENCAM", "RECIPROCAM"]
+                                      "EIGENCAM", "RECIPROCAM", "SALIENCY", "DECONVNET", "GUIDED_BACKPROP",
+                                      "GUIDED_GRADCAM"]
     request = pb.ExplainRequest.DESCRIPTOR
     assert [f.name for f in request.oneofs_by_name["input"].fields] == ["image", "tensor"]

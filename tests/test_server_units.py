@@ -147,6 +147,13 @@ def test_batcher_failure_reaches_every_waiting_request():
         batcher.close()
 
 
+def test_input_gradient_methods_that_share_a_relu_rule_share_a_row():
+    costs = budget.Costs(predict_ms=1.0, explainer_ms=3.0, input_ms=20.0)
+    assert budget.set_cost(costs, ["guided_backprop"], rows=1, render_ms=0.0) == 20.0  # no explainer call
+    assert budget.set_cost(costs, ["guided_backprop", "guided_gradcam"], rows=2, render_ms=0.0) == 40.0
+    assert budget.set_cost(costs, ["saliency", "guided_gradcam", "gradcam"], rows=1, render_ms=1.0) == 46.0
+
+
 def test_requested_methods():
     assert methods.requested([]) == ["gradcam"]
     assert methods.requested([pb.METHOD_NONE]) == []

@@ -22,6 +22,10 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRADCAM_COUNTERFACTUAL: _ClassVar[Method]
     EIGENCAM: _ClassVar[Method]
     RECIPROCAM: _ClassVar[Method]
+    SALIENCY: _ClassVar[Method]
+    DECONVNET: _ClassVar[Method]
+    GUIDED_BACKPROP: _ClassVar[Method]
+    GUIDED_GRADCAM: _ClassVar[Method]
 METHOD_UNSPECIFIED: Method
 METHOD_NONE: Method
 CAM: Method
@@ -35,6 +39,10 @@ SCORECAM: Method
 GRADCAM_COUNTERFACTUAL: Method
 EIGENCAM: Method
 RECIPROCAM: Method
+SALIENCY: Method
+DECONVNET: Method
+GUIDED_BACKPROP: Method
+GUIDED_GRADCAM: Method
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "data")
@@ -83,14 +91,16 @@ class Prediction(_message.Message):
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., logit: _Optional[float] = ...) -> None: ...
 
 class RawMap(_message.Message):
-    __slots__ = ("height", "width", "values")
+    __slots__ = ("height", "width", "values", "channels")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    channels: int
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Heatmap(_message.Message):
     __slots__ = ("method", "target", "target_label", "raw", "heatmap_png", "overlay_png")
