@@ -45,8 +45,8 @@ def exported(arch: str, size: int):
     torch.manual_seed(0)
     model = build_arch(arch).eval()
     folder = CACHE / f"{arch}-{size}"
-    if not (folder / contract.MODEL_JSON).exists():
-        print(f"exporting {arch} at {size} into {folder} (once)...", flush=True)
+    if not all((folder / name).exists() for name in (contract.MODEL_JSON, contract.INPUT_GRADIENTS_FILE)):
+        print(f"exporting {arch} at {size} into {folder} (once, or again after an exporter change)...", flush=True)
         kwargs = {"mean": LITE_MEAN, "std": LITE_STD} if arch in PRETRAINED else {}
         export(model, None, folder, input_size=(size, size), **kwargs)
     import json

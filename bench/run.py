@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, each in its own process.
 
-    python bench/run.py [--quick] [--only overhead gradient_free server_load batch_scaling]
+    python bench/run.py [--quick] [--only overhead gradient_free input_gradients server_load batch_scaling]
 
 --quick finishes in about two minutes and is what CI runs (it checks that the harness works,
 never a timing). Without it: the full runs whose tables are in the README. Each script prints its
@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["overhead", "gradient_free", "server_load", "batch_scaling"]
-#: Benchmarks that only make sense next to the peer library; grad-cam lives in the bench environment
-#: only (pip install grad-cam after torchvision), so without it they are skipped, not failed.
-REQUIRES = {"gradient_free": "pytorch_grad_cam"}
+SCRIPTS = ["overhead", "gradient_free", "input_gradients", "server_load", "batch_scaling"]
+#: Benchmarks that only make sense next to the peer library (grad-cam, captum: the dev extra), so
+#: without it they are skipped, not failed.
+REQUIRES = {"gradient_free": "pytorch_grad_cam", "input_gradients": "captum"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
         needed = REQUIRES.get(name)
         if needed and importlib.util.find_spec(needed) is None:
-            print(f"=== {name}: skipped, {needed} is not installed (pip install grad-cam) ===", flush=True)
+            print(f"=== {name}: skipped, {needed} is not installed (pip install -e '.[dev]') ===", flush=True)
             continue
         started = time.perf_counter()
         result = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *(["--quick"] if args.quick else [])],

@@ -62,7 +62,8 @@ class ExportReport:
     num_classes: int
     opset: int
     explainer_check: export_check.CheckResult
-    input_gradients_check: export_check.CheckResult
+    #: None when exported with ``input_gradients=False``.
+    input_gradients_check: export_check.CheckResult | None
     head_check: export_check.CheckResult
     forward_check: export_check.CheckResult
     seconds: dict[str, float] = field(default_factory=dict)
@@ -71,13 +72,14 @@ class ExportReport:
     @property
     def passed(self) -> bool:
         return all(c.passed for c in (self.explainer_check, self.input_gradients_check, self.head_check,
-                                      self.forward_check))
+                                      self.forward_check) if c is not None)
 
     def max_errors(self) -> dict[str, float]:
         """Worst relative error per output (head logits as ``head.logits``)."""
         errors = {name: err.max_rel for name, err in self.explainer_check.errors.items()}
-        errors.update({f"input_gradients.{name}": err.max_rel
-                       for name, err in self.input_gradients_check.errors.items()})
+        if self.input_gradients_check is not None:
+            errors.update({f"input_gradients.{name}": err.max_rel
+                           for name, err in self.input_gradients_check.errors.items()})
         errors.update({f"head.{name}": err.max_rel for name, err in self.head_check.errors.items()})
         errors.update({f"forward.{name}": err.max_rel for name, err in self.forward_check.errors.items()})
         return errors
@@ -142,6 +144,18 @@ def _step(seconds: dict[str, float], key: str, message: str) -> Iterator[None]:
         seconds[key] = round(time.perf_counter() - start, 3)
 
 
+def _write_input_gradients(model: nn.Module, layer: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
+                           path: Path, seconds: dict[str, float]) -> None:
+    """Trace and write input_gradients.onnx: every ReLU rule is exercised by the example rows."""
+    pixels, target = example
+    rule = torch.arange(len(pixels), dtype=torch.int64) % 3
+    with _step(seconds, "trace_input_gradients", "tracing the backward pass to the pixels (ReLU rules)"):
+        graph = trace(input_gradients_function(model, layer), model, pixels, target, rule)
+    with _step(seconds, "onnx_input_gradients", "writing input_gradients.onnx"):
+        write_onnx(graph, model, (pixels, target, rule), path, INPUT_GRADIENTS_INPUTS, INPUT_GRADIENTS_OUTPUTS,
+                   kind="input_gradients", pixels_example=pixels)
+
+
 def export(
     model: nn.Module,
     target_layer: str | None,
@@ -155,15 +169,18 @@ def export(
     resize: int | None = None,
     source: dict[str, Any] | None = None,
     tolerance: float = export_check.TOLERANCE,
+    input_gradients: bool = True,
 ) -> ExportReport:
-    """Write explainer.onnx, head.onnx, forward.onnx and model.json for ``model`` into ``out_dir``.
+    """Write explainer.onnx, input_gradients.onnx, head.onnx, forward.onnx and model.json into ``out_dir``.
 
     ``target_layer`` is a dotted module path; ``None`` picks the last 4-D feature map before
     global pooling. Both graphs are checked against autograd on ``model`` before they replace
     anything in ``out_dir``; a failed check raises ExportError and leaves the folder as it was.
     ``resize`` is the shorter side before the center crop (default: input size * 256/224);
     ``source`` adds facts (architecture, weights origin) to the recorded identity; ``tolerance``
-    is the largest relative error the check accepts.
+    is the largest relative error the check accepts. ``input_gradients=False`` leaves out
+    input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided Grad-CAM): a backward
+    pass through the whole network is the slowest graph to trace and export on deep networks.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -196,8 +213,10 @@ def export(
         head_tmp = out_dir / f".{contract.HEAD_FILE}.tmp"
         forward_tmp = out_dir / f".{contract.FORWARD_FILE}.tmp"
         input_tmp = out_dir / f".{contract.INPUT_GRADIENTS_FILE}.tmp"
-        temporaries = {explainer_tmp: contract.EXPLAINER_FILE, input_tmp: contract.INPUT_GRADIENTS_FILE,
-                       head_tmp: contract.HEAD_FILE, forward_tmp: contract.FORWARD_FILE}
+        temporaries = {explainer_tmp: contract.EXPLAINER_FILE, head_tmp: contract.HEAD_FILE,
+                       forward_tmp: contract.FORWARD_FILE}
+        if input_gradients:
+            temporaries[input_tmp] = contract.INPUT_GRADIENTS_FILE
         outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS]
         outputs += [registry.get(m).output for m in methods]
         target_example = torch.tensor([-1] + [0] * (batch - 1), dtype=torch.int64)
@@ -207,14 +226,8 @@ def export(
             with _step(seconds, "onnx_explainer", "writing explainer.onnx"):
                 write_onnx(graph, model, (example, target_example), explainer_tmp,
                            [contract.INPUT_PIXELS, contract.INPUT_TARGET], outputs, pixels_example=example)
-            rule_example = torch.arange(batch, dtype=torch.int64) % 3
-            with _step(seconds, "trace_input_gradients", "tracing the backward pass to the pixels (ReLU rules)"):
-                input_graph = trace(input_gradients_function(model, layer), model, example, target_example,
-                                    rule_example)
-            with _step(seconds, "onnx_input_gradients", "writing input_gradients.onnx"):
-                write_onnx(input_graph, model, (example, target_example, rule_example), input_tmp,
-                           INPUT_GRADIENTS_INPUTS, INPUT_GRADIENTS_OUTPUTS, kind="input_gradients",
-                           pixels_example=example)
+            if input_gradients:
+                _write_input_gradients(model, layer, (example, target_example), input_tmp, seconds)
             head_example: tuple[torch.Tensor, ...] = (torch.randn((batch, *activation_shape[1:])),)
             head_inputs = [contract.INPUT_ACTIVATIONS]
             if needs_pixels:
@@ -235,11 +248,12 @@ def export(
             with _step(seconds, "check", "checking the graphs against PyTorch autograd (batch 1 and 3)"):
                 explainer_result = export_check.check_explainer(explainer_tmp, model, layer, input_shape,
                                                                 num_classes, cam_weight, tolerance)
-                input_result = export_check.check_input_gradients(input_tmp, model, layer, input_shape, num_classes,
-                                                                  tolerance)
+                input_result = (export_check.check_input_gradients(input_tmp, model, layer, input_shape,
+                                                                   num_classes, tolerance) if input_gradients else None)
                 head_result = export_check.check_head(head_tmp, model, layer, input_shape, num_classes, tolerance)
                 forward_result = export_check.check_forward(forward_tmp, model, input_shape, num_classes, tolerance)
-            failures = (explainer_result.failures() + [f"input_gradients {f}" for f in input_result.failures()]
+            failures = (explainer_result.failures()
+                        + [f"input_gradients {f}" for f in (input_result.failures() if input_result else [])]
                         + [f"head {f}" for f in head_result.failures()]
                         + [f"forward {f}" for f in forward_result.failures()])
             if failures:
@@ -257,11 +271,11 @@ def export(
                 "target_layer_is_default": is_default,
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
-                "input_methods": list(registry.names(registry.Kind.INPUT)),
+                "input_methods": list(registry.names(registry.Kind.INPUT)) if input_gradients else [],
                 "gradient_free_methods": list(registry.names(registry.Kind.GRADIENT_FREE)),
                 "cam": ({"linear_module": cam_linear, "file": contract.CAM_LINEAR_FILE} if cam_linear else None),
-                "input_gradients": {"file": contract.INPUT_GRADIENTS_FILE, "inputs": INPUT_GRADIENTS_INPUTS,
-                                    "outputs": INPUT_GRADIENTS_OUTPUTS},
+                "input_gradients": ({"file": contract.INPUT_GRADIENTS_FILE, "inputs": INPUT_GRADIENTS_INPUTS,
+                                     "outputs": INPUT_GRADIENTS_OUTPUTS} if input_gradients else None),
                 "head": {"file": contract.HEAD_FILE, "inputs": head_inputs},
                 "forward": {"file": contract.FORWARD_FILE, "inputs": [contract.INPUT_PIXELS]},
                 "explainer": {"file": contract.EXPLAINER_FILE,
@@ -269,9 +283,9 @@ def export(
                 "opset": OPSET,
                 "source": {"module_class": module_class(model), "state_dict_sha256": state_dict_sha256(model),
                            **(source or {})},
-                "export_check": {"explainer": explainer_result.to_dict(), "input_gradients": input_result.to_dict(),
-                                 "head": head_result.to_dict(),
-                                 "forward": forward_result.to_dict()},
+                "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict(),
+                                 "forward": forward_result.to_dict(),
+                                 **({"input_gradients": input_result.to_dict()} if input_result else {})},
                 "export_seconds": dict(seconds),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
             }
@@ -279,6 +293,7 @@ def export(
             for tmp in temporaries:
                 set_metadata(tmp, metadata)
             (out_dir / contract.CAM_LINEAR_FILE).unlink(missing_ok=True)
+            (out_dir / contract.INPUT_GRADIENTS_FILE).unlink(missing_ok=True)  # never a stale one
             if linear is not None:
                 _write_cam_linear(out_dir / contract.CAM_LINEAR_FILE, linear)
             for tmp, final_name in temporaries.items():

@@ -64,6 +64,9 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
     parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
     parser.add_argument("--labels", help="text file with one class label per line")
+    parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",
+                        help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
+                             "Grad-CAM): faster exports of deep networks, a smaller folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run)
 
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
+                        input_gradients=args.input_gradients,
                         std=args.std, name=args.name, resize=args.resize, source=source)
     except ExportError as error:
         print(f"onnxcam export: error: {error}", file=sys.stderr)

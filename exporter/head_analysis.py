@@ -1,8 +1,8 @@
 """What the network after the target layer (the head) is, found by probing it numerically.
 
 Structural pattern matching breaks on every model zoo's own module names; probing the
-head with random activations answers the two questions the exporter has for any model:
-is it global-average-pool + linear (so CAM applies), and does it read earlier tensors.
+head answers the two questions the exporter has for any model: is it global-average-pool +
+linear (so CAM applies), and does it read earlier tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from exporter.check import reference_head
+from exporter.hooks import Capture, on_layer_output
 
 PROBE_SEED = 1234
 
@@ -32,17 +33,36 @@ def head_reads_pixels(model: nn.Module, layer: nn.Module, activation_shape: torc
     return not torch.allclose(torch.from_numpy(first), torch.from_numpy(second), rtol=1e-6, atol=1e-7)
 
 
+def _real_activations(model: nn.Module, layer: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The layer's output on ``pixels``, plus spatially shuffled and mixed copies of it: activations in
+    the range the head really sees, laid out in ways only a global average pool cannot tell apart."""
+    capture = Capture()
+    with torch.no_grad(), on_layer_output(layer, capture.as_leaf):
+        model(pixels)
+    real = capture.activations.detach()
+    n, k, h, w = real.shape
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(PROBE_SEED))
+    shuffled = real.reshape(n, k, h * w)[:, :, order].reshape(n, k, h, w)
+    return torch.cat([real, shuffled, 0.3 * real + 0.7 * shuffled.flip(0)])
+
+
 def find_cam_linear(model: nn.Module, layer: nn.Module, activation_shape: torch.Size,
                     input_shape: tuple[int, int, int]) -> str | None:
-    """Name of the Linear module (W, b) when logits = W · mean_ij(A) + b for any A, else None."""
+    """Name of the Linear module (W, b) when logits = W · mean_ij(A) + b, else None.
+
+    Probed with the layer's own activations (and rearrangements of them), not random ones: a head
+    that applies the layer's activation again (EfficientNet-Lite's shared ReLU6 after ``_bn1``) is
+    exactly GAP + linear on every A the model produces, while random activations would be clipped.
+    """
     channels = activation_shape[1]
     candidates = [(name, m) for name, m in model.named_modules()
                   if isinstance(m, nn.Linear) and m.in_features == channels]
     if not candidates:
         return None
     name, linear = candidates[-1]
-    activations, pixels, _ = _probe_inputs(activation_shape, input_shape)
-    logits = torch.from_numpy(reference_head(model, layer, activations, pixels))
+    _, pixels, _ = _probe_inputs(activation_shape, input_shape)
+    activations = _real_activations(model, layer, pixels)
+    logits = torch.from_numpy(reference_head(model, layer, activations, pixels.repeat(3, 1, 1, 1)))
     with torch.no_grad():
         expected = linear(activations.mean(dim=(2, 3))).double()
     if logits.shape != expected.shape:

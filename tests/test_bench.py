@@ -22,6 +22,11 @@ def test_quick_benchmarks_run_and_write_results() -> None:
     assert overhead["machine"]["cores"] >= 1
     assert overhead["overhead"] and all(row["forward_ms"] > 0 and row["explain_ms"] > 0
                                         for row in overhead["overhead"])
+    gradients = json.loads((results / "input-gradients-quick.json").read_text())
+    methods = {row["method"] for row in gradients["rows"]}
+    assert methods == {"saliency", "deconvnet", "guided_backprop", "guided_gradcam"}
+    assert all(row["ours_ms"] > 0 and row["captum_ms"] > 0 and row["max_rel_difference"] < 1e-3
+               for row in gradients["rows"])  # resnet18: nn.ReLU modules only, so Captum's rules are ours
     load = json.loads((results / "server-load-quick.json").read_text())
     assert load["machine"]["cpu"]
     scaling = json.loads((results / "batch-scaling-quick.json").read_text())

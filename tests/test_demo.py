@@ -36,6 +36,10 @@ def test_demo_explains_the_cat(tmp_path: Path) -> None:
     assert 'src="chelsea.jpg"' in page and 'src="chelsea_gradcam.png"' in page
     from PIL import Image
 
+    gallery = Image.open(out / "gallery.png")
+    assert gallery.width > 10 * gallery.height / len(list(out.glob("*.jpg")))  # every method, a row per photo
+    for name in ("chelsea_guided_gradcam.png", "chelsea_saliency.png", "chelsea_eigencam.png", "chelsea_cam.png"):
+        assert (out / name).is_file(), name
     overlay = Image.open(out / "chelsea_gradcam.png")
     photo = Image.open(out / "chelsea.jpg")
     assert overlay.size == photo.size  # the heatmap is drawn over the whole original photo

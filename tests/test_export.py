@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from autograd_reference import activations_and_gradients, maps, rel_error  # noqa: E402
-from tiny_models import PoolNet, SkipNet, TinyNet, seeded  # noqa: E402
+from tiny_models import ClippedHeadNet, PoolNet, SkipNet, TinyNet, seeded  # noqa: E402
 
 from exporter import ExportError, export  # noqa: E402
 from onnxcam import contract  # noqa: E402
@@ -107,6 +107,18 @@ def test_model_json_and_onnx_metadata(tiny_model_dir: Path) -> None:
         assert json.loads(metadata["onnxcam.labels"]) == info["labels"]
         assert json.loads(metadata["onnxcam.export_check"]) == check
         assert json.loads(metadata["onnxcam.target_layer"]) == "features"
+
+
+def test_cam_is_found_when_the_head_reapplies_the_layers_activation() -> None:
+    """EfficientNet-Lite's case: ReLU6 again after a ReLU6'd layer is GAP + linear on every real A."""
+    from exporter.head_analysis import find_cam_linear
+
+    clipped = seeded(ClippedHeadNet(), seed=4)
+    assert find_cam_linear(clipped, clipped.features, torch.Size([2, 16, 16, 16]), (3, 32, 32)) == "fc"
+    # A ReLU after a signed (BatchNorm) layer is not linear on that layer's real activations.
+    tiny = seeded(TinyNet())
+    assert find_cam_linear(tiny, tiny.features[2][1], torch.Size([2, 24, 8, 8]), (3, 32, 32)) is None
+    assert find_cam_linear(tiny, tiny.features, torch.Size([2, 24, 8, 8]), (3, 32, 32)) == "fc"
 
 
 def test_skip_connection_across_the_layer_makes_the_head_read_pixels(tmp_path: Path) -> None:

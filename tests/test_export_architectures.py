@@ -33,6 +33,16 @@ ARCHITECTURES = [
 ]
 
 
+#: Architectures whose served maps are also compared with the reference libraries. DenseNet: its
+#: default layer is the rectified output (sources.BatchNormThenActivation), what pytorch-grad-cam sees.
+PARITY_ARCHITECTURES = {"resnet50", "vgg16", "densenet121"}
+#: Architectures exported with input_gradients.onnx here, the rest with input_gradients=False: a
+#: backward pass through a whole deep network is the slowest graph to trace and export (densenet121
+#: took minutes on CI's two cores), and the ReLU rules are covered by these two, by EfficientNet-Lite0
+#: (ReLU6) below and by the tiny models.
+INPUT_GRADIENT_ARCHITECTURES = {"resnet50", "vgg16"}
+
+
 def _assert_passed(report) -> None:
     assert report.passed, report.summary()
     errors = report.max_errors()
@@ -50,9 +60,17 @@ def _assert_passed(report) -> None:
 def test_torchvision_architecture_exports_and_passes_the_check(tmp_path: Path, arch: str, size: int,
                                                                layer: str) -> None:
     torch.manual_seed(0)
-    report = export(build_arch(arch), None, tmp_path / arch, input_size=(size, size))
+    model = build_arch(arch)
+    report = export(model, None, tmp_path / arch, input_size=(size, size),
+                    input_gradients=arch in INPUT_GRADIENT_ARCHITECTURES)
     assert report.target_layer == layer and report.target_layer_is_default
     _assert_passed(report)
+    if arch in PARITY_ARCHITECTURES:  # served maps against pytorch-grad-cam and Captum on the same module
+        from test_reference_parity import BIG_MODEL_METHODS, INPUT_METHODS, served_parity
+
+        images = [np.random.default_rng(seed).standard_normal((3, size, size), dtype=np.float32) for seed in (1, 2)]
+        methods = BIG_MODEL_METHODS + (INPUT_METHODS if arch in INPUT_GRADIENT_ARCHITECTURES else [])
+        served_parity(tmp_path / arch, arch, model, layer, images, methods)
 
 
 @pytest.mark.slow
@@ -70,7 +88,7 @@ def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
                     mean=LITE_MEAN, std=LITE_STD)
     assert report.target_layer == "_bn1"  # the shared `_swish` module is skipped
     _assert_passed(report)
-    # _bn1 carries the head's ReLU6 (sources.HeadBatchNormReLU6): A is the final feature map, in [0, 6],
+    # _bn1 carries the head's ReLU6 (sources.BatchNormThenActivation): A is the final feature map, in [0, 6],
     # so Score-CAM's ReLU(sum_k w_k A_k) with its near-uniform weights is no longer zero everywhere.
     session = ort.InferenceSession(str(tmp_path / "lite0" / "explainer.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
@@ -79,6 +97,18 @@ def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(build_arch("efficientnet_lite0")(torch.from_numpy(pixels)),
                            _package_lite0()(torch.from_numpy(pixels)))
+    # Its head is exactly GAP + linear on real activations (the shared ReLU6 runs again, a no-op on
+    # [0, 6]): CAM is served, and Ablation-CAM's closed form equals its masked forwards.
+    assert "cam" in report.methods and (tmp_path / "lite0" / "cam_linear.npz").exists()
+    from server import gradient_free
+
+    logits, activations = session.run(["logits", "activations"], {"pixels": pixels[:1], "target": np.array([-1])})
+    head = ort.InferenceSession(str(tmp_path / "lite0" / "head.onnx"), providers=["CPUExecutionProvider"])
+    with np.load(tmp_path / "lite0" / "cam_linear.npz") as linear:
+        closed = gradient_free.ablation_cam(head, activations, logits, logits.argmax(1), linear=(linear["weight"],
+                                                                                                 linear["bias"]))
+    masked = gradient_free.ablation_cam(head, activations, logits, logits.argmax(1))
+    assert np.abs(closed - masked).max() / np.abs(masked).max() < 1e-4
 
 
 def _package_lite0() -> torch.nn.Module:

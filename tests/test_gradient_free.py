@@ -147,7 +147,7 @@ class Model:
         if key not in self.cache:
             _, a = self.activations(i)
             x = self.images[i]
-            up = F.interpolate(a[None], size=x.shape[1:], mode="bilinear", align_corners=False)[0]
+            up = F.interpolate(a[None], size=x.shape[1:], mode="bilinear", align_corners=True)[0]
             low = up.amin(dim=(1, 2), keepdim=True)
             high = up.amax(dim=(1, 2), keepdim=True)
             masks = (up - low) / (high - low + SCORE_EPS)
@@ -394,7 +394,7 @@ def test_degenerate_channels_cost_less_and_change_nothing(tiny: Model) -> None:
     scores = np.empty((n, k))
     for i in range(n):
         a = torch.from_numpy(activations[i])
-        up = F.interpolate(a[None], size=pixels.shape[2:], mode="bilinear", align_corners=False)[0]
+        up = F.interpolate(a[None], size=pixels.shape[2:], mode="bilinear", align_corners=True)[0]
         low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
         masks = (up - low) / (high - low + SCORE_EPS)
         masks[a.flatten(1).amax(1) == a.flatten(1).amin(1)] = 0
@@ -453,11 +453,12 @@ def test_head_that_reads_pixels(skipnet: Model) -> None:
         assert rel_error(recipro[row], skipnet.recipro_map(row, int(targets[row]))) < TOLERANCE
 
 
-def test_upsampling_is_torch_bilinear_with_half_pixel_centres() -> None:
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_upsampling_is_torch_bilinear(align_corners: bool) -> None:
     a = torch.randn((3, 5, 7), generator=torch.Generator().manual_seed(5))
-    for size in ((5, 7), (13, 9), (224, 224), (31, 64)):
-        reference = F.interpolate(a[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
-        assert np.abs(gf.upsample(a.numpy(), *size) - reference).max() < 1e-6
+    for size in ((5, 7), (13, 9), (224, 224), (31, 64), (1, 1)):
+        reference = F.interpolate(a[None], size=size, mode="bilinear", align_corners=align_corners)[0].numpy()
+        assert np.abs(gf.upsample(a.numpy(), *size, align_corners=align_corners) - reference).max() < 1e-5
 
 
 def test_bad_arguments() -> None:

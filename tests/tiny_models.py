@@ -55,6 +55,22 @@ class PoolNet(nn.Module):
         return self.fc(torch.flatten(self.body(self.stem(x)), 1))
 
 
+class ClippedHeadNet(nn.Module):
+    """EfficientNet-Lite's head in small: the target ``features`` ends in ReLU6 and the head applies
+    one shared ReLU6 again before GAP + linear. On every real A that is GAP + linear (CAM applies);
+    on random activations it is not."""
+
+    def __init__(self, num_classes: int = 7) -> None:
+        super().__init__()
+        self.act = nn.ReLU6()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+                                      nn.Conv2d(8, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.features(x)).mean(dim=(2, 3)))
+
+
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random but reproducible weights, with non-trivial BatchNorm statistics."""
     generator = torch.Generator().manual_seed(seed)
