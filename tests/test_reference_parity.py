@@ -37,8 +37,6 @@ from onnxcam.proto import explainer_pb2 as pb  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 #: After the same display steps (CAM family) or relative to the reference's scale (input gradients).
 TOLERANCE = 1e-3
-#: Where float32 itself is ill-conditioned, ours may stray this many times the reference's own error.
-FLOOR_FACTOR = 10.0
 
 
 class NegatedScore:
@@ -107,17 +105,17 @@ def parity(client: ExplainerClient, name: str, model: torch.nn.Module, layer_nam
     Every method must be served, and its reference must be non-trivial on at least one image (a
     counterfactual map of the top-1 class may well be empty). An input gradient passes through every
     ReLU gate of the network, and where many activations sit at a gate (EfficientNet-Lite's saturated
-    ReLU6), float32 rounding flips some gates: the reference itself then strays from exact arithmetic.
-    Where ours and the reference differ beyond TOLERANCE, both are measured against the reference
-    run in float64, and ours must be within the larger of TOLERANCE and FLOOR_FACTOR times the
-    reference's own error (the export check's rule for ill-conditioned outputs): which gates flip is
-    chance, so either float32 implementation may be the luckier one on a given image.
+    ReLU6), float32 rounding flips some gates, in PyTorch as in ONNX Runtime, by chance. Where ours and
+    the reference differ beyond TOLERANCE, both are measured against the reference run in float64,
+    and ours must be within the larger of TOLERANCE and the worst error of the float32 reference on
+    these images: no float32 implementation can promise better on this model.
     """
     model = model.eval()
     layer = model.get_submodule(layer_name)
     exact_model = None
     worst = dict.fromkeys(methods, 0.0)
     nontrivial = dict.fromkeys(methods, False)
+    reference_error = dict.fromkeys(methods, 0.0)  # the float32 reference against float64, where measured
     for pixels in images:
         for target in targets:
             response = client.explain(pixels, name, methods=methods, raw=True,
@@ -129,22 +127,23 @@ def parity(client: ExplainerClient, name: str, model: torch.nn.Module, layer_nam
                     theirs = cam_reference(model, layer, method, pixels, heatmap.target)
                     ours = displayed_like_pytorch_grad_cam(raw_map(heatmap), pixels.shape[1:])
                     difference = float(np.abs(ours - theirs).max())
-                    allowed = TOLERANCE
                 else:
                     theirs = captum_reference(model, layer, method, pixels, heatmap.target)
-                    difference, allowed = relative(raw_map(heatmap), theirs) if np.ptp(theirs) > 0 else 0.0, TOLERANCE
+                    difference = relative(raw_map(heatmap), theirs) if np.ptp(theirs) > 0 else 0.0
                     if difference > TOLERANCE:
                         exact_model = exact_model or copy.deepcopy(model).double()
                         exact = captum_reference(exact_model, exact_model.get_submodule(layer_name), method,
                                                  pixels.astype(np.float64), heatmap.target)
                         difference = relative(raw_map(heatmap), exact)
-                        allowed = max(TOLERANCE, FLOOR_FACTOR * relative(theirs, exact))
-                        print(f"{name} {method}: {difference:.2e} from float64, the reference {allowed:.2e}")
-                assert difference <= allowed, (name, method, difference, allowed)
+                        reference_error[method] = max(reference_error[method], relative(theirs, exact))
+                        print(f"{name} {method}: ours {difference:.2e} from float64, the reference "
+                              f"{relative(theirs, exact):.2e}")
                 nontrivial[method] |= bool(np.ptp(theirs) > 0)
                 worst[method] = max(worst[method], difference)
     assert all(nontrivial.values()), f"trivial reference maps prove nothing: {nontrivial}"
     print(f"{name}: worst difference per method {worst}")
+    allowed = {m: max(TOLERANCE, reference_error[m]) for m in methods}
+    assert all(worst[m] <= allowed[m] for m in methods), (name, worst, allowed)
     return worst
 
 
