@@ -7,6 +7,7 @@ difference and that difference relative to the largest magnitude of the referenc
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -261,9 +262,26 @@ def check_input_gradients(
         reference = reference_input_gradients(model, layer, pixels, target, rule)
         if sorted(names) != sorted(reference):
             raise ExportError(f"graph outputs {names} do not match the contract {sorted(reference)}")
+        exact = None
         for name, value in got.items():
-            _accumulate(errors, name, compare(value, reference[name]))
+            error = compare(value, reference[name])
+            if error.max_rel > tolerance:
+                # Through thousands of ReLU gates float32 rounding flips some of them, in PyTorch as in
+                # ONNX Runtime: judge against float64, allowing FLOOR_FACTOR x PyTorch's own float32 error.
+                exact = exact or _float64_input_gradients(model, layer, pixels, target, rule)
+                error = compare(value, exact[name])
+                error.float32_floor_rel = compare(reference[name], exact[name]).max_rel
+            _accumulate(errors, name, error)
     return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)
+
+
+def _float64_input_gradients(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, target: torch.Tensor,
+                             rule: torch.Tensor) -> dict[str, np.ndarray]:
+    """``reference_input_gradients`` on a float64 copy of the module: the exact values float32 rounds."""
+    layer_name = next(name for name, module in model.named_modules() if module is layer)
+    exact_model = copy.deepcopy(model).double()
+    return reference_input_gradients(exact_model, exact_model.get_submodule(layer_name), pixels.double(), target,
+                                     rule)
 
 
 def check_head(
