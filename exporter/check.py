@@ -16,11 +16,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from exporter.backprop_rules import RuleState, ruled_relus
 from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.errors import ExportError
 from exporter.hooks import Capture, on_layer_output
-from exporter.tracing import resolve_targets
+from exporter.tracing import resolve_targets, ruled_backward
 from onnxcam import contract
 
 TOLERANCE = 1e-4
@@ -215,17 +214,7 @@ def reference_input_gradients(model: nn.Module, layer: nn.Module, pixels: torch.
                               rule: torch.Tensor) -> dict[str, np.ndarray]:
     """What input_gradients.onnx must return, from the module run eagerly: rows with the plain rule by
     torch.autograd alone, the others with the ReLU rules of backprop_rules applied eagerly."""
-    capture = Capture()
-    state = RuleState(rule, pixels.dtype)
-    pixels = pixels.clone().requires_grad_(True)
-    with torch.enable_grad(), on_layer_output(layer, capture.keep_graph), ruled_relus(state):
-        logits = model(pixels)
-        classes = resolve_targets(logits, target)
-        score = logits.gather(1, classes[:, None]).sum()
-        state.use_plain()
-        (layer_gradients,) = torch.autograd.grad(score, capture.activations, retain_graph=True)
-        state.use_rows()
-        (gradients,) = torch.autograd.grad(score, pixels)
+    logits, activations, layer_gradients, classes, gradients = ruled_backward(model, layer, pixels, target, rule)
     plain = rule == contract.RULE_PLAIN
     if plain.any():  # independent of the rule code: ordinary autograd on the unmodified module
         with torch.enable_grad():
@@ -234,7 +223,7 @@ def reference_input_gradients(model: nn.Module, layer: nn.Module, pixels: torch.
             (gradients_plain,) = torch.autograd.grad(out.gather(1, classes[plain][:, None]).sum(), pixels_plain)
         gradients = gradients.detach().clone()
         gradients[plain] = gradients_plain
-    cam = gradcam(capture.activations.detach().double(), layer_gradients.double())
+    cam = gradcam(activations.double(), layer_gradients.double())
     upsampled = torch.nn.functional.interpolate(cam[:, None], size=tuple(pixels.shape[2:]), mode="bilinear",
                                                 align_corners=False)
     gradients = gradients.detach().double()

@@ -53,30 +53,39 @@ def explainer_function(model: nn.Module, layer: nn.Module, cam_linear: str | Non
     return explain
 
 
+def ruled_backward(run: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module, pixels: torch.Tensor,
+                   target: torch.Tensor, rule: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(logits, A, G, classes, d score / d pixels): one forward of ``run``, then the plain backward
+    through the head only (Grad-CAM's G, for Guided Grad-CAM, as the paper defines it) and the backward
+    to the pixels with each row's ReLU rule (backprop_rules). Traced into input_gradients.onnx and run
+    eagerly by the export check."""
+    capture = Capture()
+    state = RuleState(rule, pixels.dtype)
+    pixels = pixels.detach().requires_grad_(True)
+    with torch.enable_grad(), on_layer_output(layer, capture.keep_graph), ruled_relus(state):
+        logits = run(pixels)
+        classes = resolve_targets(logits, target)
+        score = logits.gather(1, classes[:, None]).sum()
+        state.use_plain()
+        (layer_gradients,) = torch.autograd.grad(score, capture.activations, retain_graph=True)
+        state.use_rows()
+        (gradients,) = torch.autograd.grad(score, pixels)
+    return logits.detach(), capture.activations.detach(), layer_gradients, classes, gradients
+
+
 def input_gradients_function(model: nn.Module, layer: nn.Module) -> Callable:
     """(params, buffers, pixels, target, rule) -> (logits, input_gradients, saliency, guided_gradcam).
 
-    One forward pass, then two backward passes: the plain one through the head only (Grad-CAM's G,
-    for Guided Grad-CAM, as the paper defines it), and one through the whole network to the pixels
-    with each row's ReLU rule (backprop_rules). Rows stay independent, as in the explainer.
+    Rows stay independent, as in the explainer.
     """
 
     def input_gradients(params: Params, buffers: Params, pixels: torch.Tensor, target: torch.Tensor,
                         rule: torch.Tensor):
-        capture = Capture()
-        state = RuleState(rule, pixels.dtype)
-        pixels = pixels.detach().requires_grad_(True)
-        with torch.enable_grad(), on_layer_output(layer, capture.keep_graph), ruled_relus(state):
-            logits = torch.func.functional_call(model, (params, buffers), (pixels,))
-            classes = resolve_targets(logits, target)
-            score = logits.gather(1, classes[:, None]).sum()
-            state.use_plain()
-            (layer_gradients,) = torch.autograd.grad(score, capture.activations, retain_graph=True)
-            state.use_rows()
-            (gradients,) = torch.autograd.grad(score, pixels)
-        cam = gradcam(capture.activations.detach(), layer_gradients)
+        logits, activations, layer_gradients, _, gradients = ruled_backward(
+            lambda x: torch.func.functional_call(model, (params, buffers), (x,)), layer, pixels, target, rule)
+        cam = gradcam(activations, layer_gradients)
         upsampled = F.interpolate(cam[:, None], size=tuple(pixels.shape[2:]), mode="bilinear", align_corners=False)
-        return logits.detach(), gradients, gradients.abs().amax(dim=1), gradients * upsampled
+        return logits, gradients, gradients.abs().amax(dim=1), gradients * upsampled
 
     return input_gradients
 
