@@ -63,10 +63,9 @@ def photo(size: int, mean, std, tf_style: bool = False, name: str = "chelsea") -
         from sklearn.datasets import load_sample_image
 
         array = load_sample_image(name)
-    else:
-        import skimage.data
-
-        array = getattr(skimage.data, name)()
+    else:  # scikit-image's sample photos, as bundled with onnxcam's demo (no scikit-image needed)
+        array = np.asarray(Image.open(Path(__file__).resolve().parent.parent / "onnxcam" / "demo_photos"
+                                      / f"{name}.jpg").convert("RGB"))
     image = Image.fromarray(array[..., :3])
     short = round(size * 256 / 224)
     scale = short / min(image.size)
