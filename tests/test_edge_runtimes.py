@@ -23,14 +23,13 @@ skipped outside CI and fails in CI (CI=true), as in test_node_client.py.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_server_helpers import node_with_packages
 
 from onnxcam import contract
 from onnxcam import methods as registry
@@ -104,19 +103,7 @@ def test_openvino_f32_forward_and_head_match_onnxruntime(openvino, tiny_model_di
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: onnxruntime-node cannot be tested here")
-    if not (EDGE / "node_modules" / "onnxruntime-node").is_dir():
-        npm = shutil.which("npm")
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=EDGE,
-                              capture_output=True, text=True, timeout=600) if npm else None
-        if done is None or done.returncode != 0:
-            why = "npm is missing" if done is None else done.stderr[-2000:]
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot install clients/node-edge's packages: {why}")
-            pytest.skip(f"cannot install clients/node-edge's packages (npm ci --ignore-scripts): {why}")
-    return node
+    return node_with_packages(EDGE, "onnxruntime-node", "--ignore-scripts")
 
 
 def explain_local(node: str, *args: str) -> subprocess.CompletedProcess:

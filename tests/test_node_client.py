@@ -7,14 +7,12 @@ that fails, the test is skipped outside CI and fails in CI (CI=true).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_server_helpers import make_repository, running_server
+from test_server_helpers import make_repository, node_with_packages, running_server
 
 from onnxcam.client import ExplainerClient
 
@@ -25,19 +23,7 @@ PHOTOS = ROOT / "onnxcam" / "demo_photos"
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the Node.js client cannot be tested here")
-    if not (CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        npm = shutil.which("npm")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT, capture_output=True, text=True,
-                              timeout=600) if npm else None
-        if done is None or done.returncode != 0:
-            why = "npm is missing" if done is None else done.stderr[-2000:]
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot install the Node.js client's packages: {why}")
-            pytest.skip(f"cannot install the Node.js client's packages (npm ci): {why}")
-    return node
+    return node_with_packages(CLIENT, "@grpc/grpc-js")
 
 
 @pytest.fixture(scope="module")

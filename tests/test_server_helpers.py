@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,3 +73,23 @@ def wait_until(condition: Callable[[], bool], what: str, limit_s: float = 30.0) 
         if time.monotonic() > stop:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.01)
+
+
+def node_with_packages(folder: Path, marker: str, *npm_args: str) -> str:
+    """``node``, with ``folder``'s npm packages installed (``npm ci``) when ``node_modules/marker`` is
+    missing. Skips without node; an install that fails skips outside CI and fails in CI (CI=true)."""
+    import pytest
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip(f"node is not installed: {folder.name} cannot be tested here")
+    if not (folder / "node_modules" / marker).is_dir():
+        npm = shutil.which("npm")
+        done = subprocess.run([npm, "ci", *npm_args, "--no-audit", "--no-fund"], cwd=folder, capture_output=True,
+                              text=True, timeout=600) if npm else None
+        if done is None or done.returncode != 0:
+            why = "npm is missing" if done is None else done.stderr[-2000:]
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot install {folder.name}'s packages: {why}")
+            pytest.skip(f"cannot install {folder.name}'s packages (npm ci): {why}")
+    return node
