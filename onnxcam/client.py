@@ -52,12 +52,16 @@ def method_name(value: int) -> str:
 
 def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods: Sequence[MethodLike] = (),
                   targets: Sequence[int] = (), top_k: int = 0, budget_ms: float = 0.0, raw: bool = False,
-                  heatmap_png: bool = False, overlay_png: bool = False, request_id: str = "") -> pb.ExplainRequest:
+                  heatmap_png: bool = False, overlay_png: bool = False, request_id: str = "",
+                  sampling: pb.Sampling | dict[str, Any] | None = None) -> pb.ExplainRequest:
     """An ExplainRequest. ``image``: encoded bytes, a file path, or an array-like [3, H, W] that is
-    already preprocessed (sent as a float32 tensor)."""
+    already preprocessed (sent as a float32 tensor). ``sampling``: the sampled methods' parameters,
+    e.g. ``{"samples": 50, "seed": 7}`` (see the proto's Sampling)."""
+    if isinstance(sampling, dict):
+        sampling = pb.Sampling(**sampling)
     request = pb.ExplainRequest(model=model, methods=[method_value(m) for m in methods], targets=list(targets),
                                 top_k=top_k, budget_ms=budget_ms, raw=raw, heatmap_png=heatmap_png,
-                                overlay_png=overlay_png, request_id=request_id)
+                                overlay_png=overlay_png, request_id=request_id, sampling=sampling)
     if isinstance(image, bytes | bytearray | memoryview):
         request.image = bytes(image)
     elif isinstance(image, str | os.PathLike):
@@ -89,7 +93,7 @@ class ExplainerClient:
     def explain(self, image: bytes | str | os.PathLike | Any, model: str, *, timeout: float | None = None,
                 **options: Any) -> pb.ExplainResponse:
         """One Explain call; ``options`` are build_request's (methods, targets, top_k, budget_ms, raw,
-        heatmap_png, overlay_png, request_id)."""
+        heatmap_png, overlay_png, request_id, sampling)."""
         return self.stub.Explain(build_request(image, model, **options), timeout=self._timeout(timeout))
 
     def explain_request(self, request: pb.ExplainRequest, *, timeout: float | None = None) -> pb.ExplainResponse:

@@ -28,7 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the method and class go into the name (overlay.gradcam.3.png)")
     parser.add_argument("--heatmap", type=Path, help="grayscale heatmap PNG to write (named as --out)")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+    sampled = parser.add_argument_group("sampled methods (smoothgrad, smooth_gradcampp, integrated_gradients, "
+                                        "occlusion); 0 = the server's default")
+    sampled.add_argument("--samples", type=int, default=0, help="noisy copies (default 25)")
+    sampled.add_argument("--noise-level", type=float, default=0.0, help="noise sigma / input range (default 0.15)")
+    sampled.add_argument("--seed", type=int, help="noise seed (default 0); the same seed gives the same map")
+    sampled.add_argument("--steps", type=int, default=0, help="Integrated Gradients steps (default 50)")
+    sampled.add_argument("--baseline", choices=["black", "zero"], default="black",
+                         help="Integrated Gradients baseline (default black)")
+    sampled.add_argument("--patch", type=int, default=0, help="occlusion patch side in input pixels (default 32 "
+                         "at 224 px)")
+    sampled.add_argument("--stride", type=int, default=0, help="occlusion stride (default 16 at 224 px)")
     parser.set_defaults(handler=run)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    sampling = {"samples": args.samples, "noise_level": args.noise_level, "steps": args.steps,
+                "baseline": args.baseline.upper(), "patch": args.patch, "stride": args.stride}
+    if args.seed is not None:
+        sampling["seed"] = args.seed
+    return sampling
 
 
 def _path(base: Path, heatmap, several: bool) -> Path:
@@ -49,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             response = client.explain(args.image, args.model, methods=args.methods or ["gradcam"],
                                       targets=args.targets or [], top_k=args.top_k, budget_ms=args.budget_ms,
                                       overlay_png=args.out is not None, heatmap_png=args.heatmap is not None,
-                                      raw=args.out is None and args.heatmap is None)
+                                      raw=args.out is None and args.heatmap is None, sampling=_sampling(args))
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
@@ -62,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
               f"logit {prediction.logit:.3f})")
     for skipped in response.skipped:
         print(f"skipped {method_name(skipped.method)}: {skipped.detail}")
+    for heatmap in response.heatmaps:
+        if heatmap.score_difference or heatmap.completeness_gap:
+            print(f"{method_name(heatmap.method)} class {heatmap.target}: completeness gap "
+                  f"{heatmap.completeness_gap:+.4f} of a logit difference {heatmap.score_difference:+.4f}")
     several = len(response.heatmaps) > 1
     for heatmap in response.heatmaps:
         for base, data in ((args.out, heatmap.overlay_png), (args.heatmap, heatmap.heatmap_png)):

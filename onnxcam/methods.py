@@ -30,14 +30,20 @@ class Kind(enum.Enum):
     #: Computed by the server from A (and head.onnx / forward.onnx runs): ``server/gradient_free.py``,
     #: function ``serve_<name>``; its row count is ``forward_count(<name>, K, h, w)``.
     GRADIENT_FREE = "server"
+    #: Many rows of one graph per image (noisy copies, a path, occluded copies), reduced to one map:
+    #: ``onnxcam/sampling.py``, ``SAMPLERS[<name>]``, numpy only, shared by the server and edge devices.
+    #: Its rows are ``sampling.rows_needed(<name>, settings, ...)``, priced per row of ``runs``.
+    SAMPLED = "sampled"
 
 
 class Graph(enum.Enum):
-    """The graph whose rows a gradient-free method runs, for its cost (``forward_count`` rows of it)."""
+    """The graph whose rows a gradient-free or sampled method runs, for its cost."""
 
     NONE = "none"
     HEAD = "head.onnx"
     FORWARD = "forward.onnx"
+    EXPLAINER = "explainer.onnx"
+    INPUT_GRADIENTS = "input_gradients.onnx"
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class Method:
     formula: str
     #: The implementation users compare against, and the tests do.
     reference: str
-    #: What the server runs beyond the explainer call (GRADIENT_FREE only).
+    #: What the server runs beyond the explainer call (GRADIENT_FREE), or the graph of its rows (SAMPLED).
     runs: Graph = Graph.NONE
     #: Only for models whose head after the target layer is global-average-pool + linear.
     needs_linear_head: bool = False
@@ -115,6 +121,25 @@ METHODS: tuple[Method, ...] = (
     Method("reciprocam", "RECIPROCAM", "ReciproCAM", Kind.GRADIENT_FREE, "Byun & Lee 2022",
            "map_ij = softmax(head(A masked to a 3×3 Gaussian around (i, j)))_c", "the authors' code (ported)",
            runs=Graph.HEAD),
+    Method("smoothgrad", "SMOOTHGRAD", "SmoothGrad", Kind.SAMPLED, "Smilkov et al. 2017",
+           "max_c (1/n) Σ_i |∂S_c/∂I (I + ε_i)|, ε_i ~ N(0, σ²), σ = level · (max I − min I)",
+           "Captum NoiseTunnel(Saliency), same noise", runs=Graph.INPUT_GRADIENTS, slow=True,
+           rule=contract.RULE_PLAIN),
+    Method("smoothgrad_guided", "SMOOTHGRAD_GUIDED", "SmoothGrad (guided backpropagation)", Kind.SAMPLED,
+           "Smilkov et al. 2017", "(1/n) Σ_i guided backpropagation at I + ε_i",
+           "Captum NoiseTunnel(GuidedBackprop), same noise", runs=Graph.INPUT_GRADIENTS, slow=True,
+           rule=contract.RULE_GUIDED, channels=3),
+    Method("smooth_gradcampp", "SMOOTH_GRADCAMPP", "Smooth Grad-CAM++", Kind.SAMPLED, "Omeiza et al. 2019",
+           "D_p = (1/n) Σ_i G(I + ε_i)^p; α = D_2 / (2D_2 + Σ_ab A_kab · D_3 + 1e-6); w_k = Σ_ij α·ReLU(D_1); "
+           "ReLU(Σ_k w_k A_k)", "torchcam SmoothGradCAMpp, same noise (differences: README)",
+           runs=Graph.EXPLAINER, slow=True),
+    Method("integrated_gradients", "INTEGRATED_GRADIENTS", "Integrated Gradients", Kind.SAMPLED,
+           "Sundararajan et al. 2017",
+           "Σ_c (I − I′) ⊙ Σ_i w_i ∂S_c/∂I (I′ + α_i (I − I′)), Gauss-Legendre (α_i, w_i), I′ black",
+           "Captum IntegratedGradients", runs=Graph.INPUT_GRADIENTS, slow=True, rule=contract.RULE_PLAIN),
+    Method("occlusion", "OCCLUSION", "Occlusion", Kind.SAMPLED, "Zeiler & Fergus 2014",
+           "mean over the patches covering (i, j) of p_c(I) − p_c(I with the patch grey)",
+           "Captum Occlusion on the softmax", runs=Graph.FORWARD, slow=True),
 )
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
@@ -143,8 +168,12 @@ def markdown_table() -> str:
     rows = ["| method | request as | computed | formula | paper | reference in the tests |",
             "|---|---|---|---|---|---|"]
     for m in METHODS:
-        where = (m.kind.value if m.kind is not Kind.GRADIENT_FREE else f"server ({m.runs.value})"
-                 if m.runs is not Graph.NONE else "server (numpy on A)")
+        if m.kind is Kind.SAMPLED:
+            where = f"server, rows of {m.runs.value}"
+        elif m.kind is Kind.GRADIENT_FREE:
+            where = f"server ({m.runs.value})" if m.runs is not Graph.NONE else "server (numpy on A)"
+        else:
+            where = m.kind.value
         note = " (GAP + linear heads)" if m.needs_linear_head else ""
         formula = m.formula.replace("|", "\\|")  # a table cell cannot hold a bare |
         rows.append(f"| {m.title}{note} | `{m.name}` / `{m.enum}` | {where} | {formula} | {m.paper} | "

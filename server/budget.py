@@ -12,7 +12,7 @@ skipped.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from onnxcam import methods as registry
@@ -32,50 +32,71 @@ class Costs:
     #: One row of input_gradients.onnx; methods that share a ReLU rule share the row.
     input_ms: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
+    def row_ms(self, graph: registry.Graph) -> float:
+        """One row of a graph that sampled methods run (a noisy copy, a path point, an occluded copy)."""
+        return {registry.Graph.EXPLAINER: self.explainer_ms, registry.Graph.INPUT_GRADIENTS: self.input_ms,
+                registry.Graph.FORWARD: self.predict_ms}[graph]
+
+    def as_dict(self, methods: Sequence[str] = ()) -> dict[str, float]:
+        """GetModelMetadata's method_cost_ms; a sampled method's entry is the cost of one of its rows."""
         out = {"predict": self.predict_ms, "explainer": self.explainer_ms,
                "render_per_mpixel": self.render_ms_per_mpixel, "input_gradients": self.input_ms}
         out.update(self.extra_ms)
+        for name in methods:
+            method = registry.get(name)
+            if method.kind is registry.Kind.SAMPLED:
+                out[name] = self.row_ms(method.runs)
         return out
 
 
-def set_cost(costs: Costs, methods: Sequence[str], rows: int, render_ms: float) -> float:
+def set_cost(costs: Costs, methods: Sequence[str], rows: int, render_ms: float,
+             sampled_rows: Mapping[str, int] | None = None) -> float:
     """Estimated ms for computing ``methods`` for ``rows`` rows, predictions included: the explainer
     call when a CAM-family method is asked for, one input-gradient row per ReLU rule, the
-    gradient-free methods' own runs, and rendering."""
+    gradient-free methods' own runs, a sampled method's ``sampled_rows[name]`` rows of its graph
+    (the whole request's), and rendering."""
     if not methods:
         return costs.predict_ms
     declared = [registry.get(m) for m in methods]
     rules = {m.rule for m in declared if m.kind is registry.Kind.INPUT}
     total = costs.input_ms * len(rules) * rows
-    if any(m.kind is not registry.Kind.INPUT for m in declared):
+    if any(m.kind in (registry.Kind.GRAPH, registry.Kind.GRADIENT_FREE) for m in declared):
         total += costs.explainer_ms * rows
+    elif not rules:
+        total += costs.predict_ms  # sampled methods alone: the forward pass gives the predictions
     for method in declared:
         extra = costs.extra_ms.get(method.name, 0.0) if method.kind is registry.Kind.GRADIENT_FREE else 0.0
         total += (render_ms + extra) * rows
+        if method.kind is registry.Kind.SAMPLED:
+            total += costs.row_ms(method.runs) * (sampled_rows or {}).get(method.name, 0)
     return total
 
 
 def select(costs: Costs, methods: Sequence[str], rows: int, available_ms: float,
-           render_ms: float) -> tuple[list[str], list[str]]:
+           render_ms: float, sampled_rows: Mapping[str, int] | None = None) -> tuple[list[str], list[str]]:
     """(chosen, skipped): the most methods that fit in ``available_ms``; among equally many, the
     ones asked for first. Order is kept as requested."""
     methods = list(methods)
-    if set_cost(costs, methods, rows, render_ms) <= available_ms:
+
+    def cost(chosen: Sequence[str]) -> float:
+        return set_cost(costs, chosen, rows, render_ms, sampled_rows)
+
+    if cost(methods) <= available_ms:
         return methods, []
     best: tuple[int, ...] = ()
     if len(methods) <= MAX_EXHAUSTIVE:
         for size in range(len(methods), 0, -1):
             fitting = [combo for combo in itertools.combinations(range(len(methods)), size)
-                       if set_cost(costs, [methods[i] for i in combo], rows, render_ms) <= available_ms]
+                       if cost([methods[i] for i in combo]) <= available_ms]
             if fitting:  # combinations come in lexicographic order: the earliest-requested set first
                 best = fitting[0]
                 break
     else:
         chosen: list[int] = []
         for i in range(len(methods)):
-            if set_cost(costs, [methods[j] for j in chosen + [i]], rows, render_ms) <= available_ms:
+            if cost([methods[j] for j in chosen + [i]]) <= available_ms:
                 chosen.append(i)
         best = tuple(chosen)
     chosen_names = [methods[i] for i in best]
     return chosen_names, [m for m in methods if m not in chosen_names]
+

@@ -23,6 +23,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 SPIN_DEFAULT = False
 #: Class indices one request may ask to explain (each becomes a row of the batch).
 DEFAULT_MAX_TARGETS = 16
+#: Graph rows the sampled methods (SmoothGrad, Integrated Gradients, occlusion...) of one request may
+#: cost, all targets together: the defaults for one target are 25-170 rows; 16 targets x 256 samples fit.
+DEFAULT_MAX_SAMPLED_ROWS = 4112
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ServerConfig:
     max_send_bytes: int = DEFAULT_MAX_SEND_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_targets: int = DEFAULT_MAX_TARGETS
+    max_sampled_rows: int = DEFAULT_MAX_SAMPLED_ROWS
     #: Seconds in-flight requests get to finish after SIGTERM.
     grace_s: float = 30.0
     #: The server's own limit on one request, in seconds, applied on top of the caller's deadline
@@ -65,7 +69,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
-                    "max_image_pixels", "max_targets")
+                    "max_image_pixels", "max_targets", "max_sampled_rows")
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
         non_negative = ("max_delay_ms", "grace_s", "intra_op_threads", "inter_op_threads", "max_request_s")
         bad += [f"{name}={getattr(self, name)}" for name in non_negative if getattr(self, name) < 0]

@@ -86,7 +86,8 @@ class LoadedModel:
             except Exception as error:
                 raise ModelFolderError(f"{info.input_gradients_file.name} does not load in ONNX Runtime: "
                                        f"{error}") from error
-        self.explainer_outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS] + [
+        # G too: Smooth Grad-CAM++ averages it over noisy rows (a copy of A's size; the graph computes it anyway)
+        self.explainer_outputs = [contract.OUTPUT_LOGITS, contract.OUTPUT_ACTIVATIONS, contract.OUTPUT_GRADIENTS] + [
             registry.get(m).output for m in info.graph_methods]
         try:
             check_io(self.explainer, "explainer.onnx", [contract.INPUT_PIXELS, contract.INPUT_TARGET],
@@ -139,7 +140,7 @@ class LoadedModel:
                     unavailable[method.name] = (pb.Skipped.NOT_SUPPORTED, f"the explainer graph of this model has no "
                                                 f"{method.output}: it was exported before {method.title} was added "
                                                 "(re-export it, e.g. onnxcam models build)")
-            elif method.kind is Kind.INPUT:
+            elif method.kind is Kind.INPUT or (method.kind is Kind.SAMPLED and method.runs is Graph.INPUT_GRADIENTS):
                 if self.input_gradients is not None:
                     available.append(method.name)
                 else:
@@ -147,6 +148,8 @@ class LoadedModel:
                                                 f"{contract.INPUT_GRADIENTS_FILE}: it was exported before "
                                                 f"{method.title} was added, or with --no-input-gradients "
                                                 "(re-export it, e.g. onnxcam models build)")
+            elif method.kind is Kind.SAMPLED:
+                available.append(method.name)  # explainer.onnx and forward.onnx are always there
             elif why := self.gradient_free.unavailable(method.name):
                 unavailable[method.name] = (pb.Skipped.NOT_AVAILABLE, why)
             else:
@@ -261,6 +264,14 @@ class LoadedModel:
                                                   pixels=pixels, head=self.head, forward=self.forward,
                                                   linear=self.linear, check=check)
         return self.gradient_free.serve[method](inputs)
+
+    def batcher_for(self, graph: Graph) -> Batcher:
+        """The batcher of a graph that sampled methods send rows to."""
+        batcher = {Graph.EXPLAINER: self.explain_batcher, Graph.FORWARD: self.predict_batcher,
+                   Graph.INPUT_GRADIENTS: self.input_batcher}[graph]
+        if batcher is None:
+            raise ValueError(f"model {self.name} has no {graph.value}")
+        return batcher
 
     @property
     def batchers(self) -> list[Batcher]:

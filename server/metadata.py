@@ -40,7 +40,7 @@ def metadata(model: LoadedModel) -> pb.ModelMetadata:
         export_check=_export_check(info.raw.get("export_check") or {}),
         opset=info.opset,
         source={str(k): v if isinstance(v, str) else json.dumps(v) for k, v in source.items()},
-        method_cost_ms=model.costs.as_dict(),
+        method_cost_ms=model.costs.as_dict(model.methods),
         providers=model.providers,
         unavailable=[pb.Skipped(method=ENUM_BY_NAME[m], reason=reason, detail=detail)
                      for m, (reason, detail) in model.unavailable.items()],

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxcam import contract
+from onnxcam import contract, sampling
 from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
-from server import budget, deadlines, heatmaps, imaging, methods
+from server import budget, deadlines, heatmaps, imaging, methods, sampled
 from server.batcher import BatchResult
 from server.config import ServerConfig
 from server.errors import deadline, invalid
@@ -38,6 +38,8 @@ class Options:
     raw: bool
     heatmap_png: bool
     overlay_png: bool
+    #: The sampled methods' parameters, defaults filled in for the model's input size.
+    sampling: sampling.Settings
 
 
 def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: ServerConfig) -> Options:
@@ -63,6 +65,7 @@ def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: Server
         raw=request.raw or not any_output,
         heatmap_png=request.heatmap_png,
         overlay_png=request.overlay_png,
+        sampling=sampled.settings(request.sampling, *model.info.input_size),
     )
 
 
@@ -107,17 +110,30 @@ class Pipeline:
                 skipped.append(pb.Skipped(method=methods.ENUM_BY_NAME[name], reason=reason, detail=detail))
         return usable, skipped
 
+    def _sampled_rows(self, model: LoadedModel, usable: list[str], options: Options, rows: int) -> dict[str, int]:
+        """Graph rows each sampled method will cost, refused before any work beyond the server's limit."""
+        height, width = model.info.input_size
+        needed = {name: sampling.rows_needed(name, options.sampling, rows, height, width) for name in usable
+                  if registry.get(name).kind is Kind.SAMPLED}
+        total = sum(needed.values())
+        if total > self.config.max_sampled_rows:
+            detail = ", ".join(f"{name} {count}" for name, count in needed.items())
+            raise invalid(f"the sampled methods need {total} graph rows ({detail}); this server allows "
+                          f"{self.config.max_sampled_rows} per request: ask for fewer samples, steps, targets or "
+                          "patch positions (a larger occlusion stride)")
+        return needed
+
     def _budget(self, model: LoadedModel, usable: list[str], options: Options, rows: int, spent_ms: float,
-                pixels: int) -> tuple[list[str], list[pb.Skipped]]:
+                pixels: int, sampled_rows: dict[str, int]) -> tuple[list[str], list[pb.Skipped]]:
         if not options.budget_ms or not usable:
             return usable, []
         outputs = options.heatmap_png or options.overlay_png
         render_ms = model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
         available = options.budget_ms - spent_ms
-        chosen, left_out = budget.select(model.costs, usable, rows, available, render_ms)
+        chosen, left_out = budget.select(model.costs, usable, rows, available, render_ms, sampled_rows)
         skipped = []
         for name in left_out:
-            need = budget.set_cost(model.costs, chosen + [name], rows, render_ms)
+            need = budget.set_cost(model.costs, chosen + [name], rows, render_ms, sampled_rows)
             skipped.append(pb.Skipped(method=methods.ENUM_BY_NAME[name], reason=pb.Skipped.BUDGET,
                                       detail=f"needs about {need:.2f} ms with the methods kept; {available:.2f} ms "
                                              f"of the {options.budget_ms:g} ms budget were left"))
@@ -147,8 +163,9 @@ class Pipeline:
         usable, skipped = self._skip(model, options.methods)
         rows = max(len(options.targets), 1)
         geometry = prepared.geometry
+        sampled_rows = self._sampled_rows(model, usable, options, rows)
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
-                                           geometry.height * geometry.width)
+                                           geometry.height * geometry.width, sampled_rows)
         skipped += over_budget
         declared = {name: registry.get(name) for name in chosen}
         rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
@@ -156,7 +173,7 @@ class Pipeline:
         target = np.asarray(options.targets or [-1], dtype=np.int64)
         # Both graphs are queued before waiting on either, so their batchers run them side by side.
         pending: list[Future] = []
-        if any(m.kind is not Kind.INPUT for m in declared.values()):
+        if any(m.kind in (Kind.GRAPH, Kind.GRADIENT_FREE) for m in declared.values()):
             pending.append(model.explain_batcher.submit({contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: target},
                                                         deadline_at))
         if rules:
@@ -181,17 +198,30 @@ class Pipeline:
             if deadlines.passed(deadline_at):
                 raise deadline("the deadline passed during inference")
 
+        stats: dict[str, list[dict[str, float]]] = {}
+        sampled_run_s = 0.0
         for name, method in declared.items():
             if method.kind is Kind.GRADIENT_FREE:
                 check_deadline()
                 maps[name] = model.gradient_free_map(name, outputs[contract.OUTPUT_ACTIVATIONS], logits[:rows],
                                                      targets, pixels, check=check_deadline)
+            elif method.kind is Kind.SAMPLED:
+                pre = model.info.preprocess
+                baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
+                sampler = sampling.SAMPLERS[name](prepared.pixels, targets, options.sampling, baseline=baseline)
+                maps[name], run_s = sampled.run(sampler, model.batcher_for(method.runs),
+                                                lambda future: self._wait(future, deadline_at), check_deadline,
+                                                deadline_at)
+                stats[name] = sampler.stats()
+                sampled_run_s += run_s
         post_start = time.perf_counter()
         inference_ms += _ms(gradient_free_start, post_start)
         response = pb.ExplainResponse(model=model.name, request_id=request.request_id, skipped=skipped,
                                       image_height=geometry.height, image_width=geometry.width)
+        if any(declared[name].kind is Kind.SAMPLED for name in chosen):
+            response.sampling.CopyFrom(sampled.to_proto(options.sampling))
         self._predictions(response, model, logits[0], options.top_k)
-        self._heatmaps(response, model, chosen, maps, targets, prepared, options)
+        self._heatmaps(response, model, chosen, maps, targets, prepared, options, stats)
         end = time.perf_counter()
         response.timing.CopyFrom(pb.Timing(
             decode_ms=decode_ms, preprocess_ms=preprocess_ms, queue_ms=results[0].queue_s * 1000.0,
@@ -208,12 +238,14 @@ class Pipeline:
 
     @staticmethod
     def _heatmaps(response: pb.ExplainResponse, model: LoadedModel, chosen: list[str], maps: dict[str, np.ndarray],
-                  targets: np.ndarray, prepared: imaging.Prepared, options: Options) -> None:
+                  targets: np.ndarray, prepared: imaging.Prepared, options: Options,
+                  stats: dict[str, list[dict[str, float]]]) -> None:
         for name in chosen:
             for row, target in enumerate(targets):
                 raw = maps[name][row]
                 heatmap = response.heatmaps.add(method=methods.ENUM_BY_NAME[name], target=int(target),
-                                                target_label=model.info.labels[int(target)])
+                                                target_label=model.info.labels[int(target)],
+                                                **(stats[name][row] if name in stats else {}))
                 if options.raw:
                     heatmap.raw.height, heatmap.raw.width = int(raw.shape[-2]), int(raw.shape[-1])
                     if raw.ndim == 3:

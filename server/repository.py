@@ -69,5 +69,6 @@ def load_repository(root: Path, config: ServerConfig) -> Repository:
                         if reason == pb.Skipped.NOT_AVAILABLE)
         log.info("loaded %s from %s: %d classes, input %s, methods %s, providers %s; costs ms %s%s", info.name, folder,
                  info.num_classes, list(info.input_size), ", ".join(model.methods), ", ".join(model.providers),
-                 {k: round(v, 2) for k, v in model.costs.as_dict().items()}, f"; off: {off}" if off else "")
+                 {k: round(v, 2) for k, v in model.costs.as_dict(model.methods).items()},
+                 f"; off: {off}" if off else "")
     return repository

@@ -28,6 +28,17 @@ def test_every_gradient_free_method_is_served_and_priced():
     assert gradient_free.forward_count("ablationcam", 16, 7, 7, linear=True) == 0  # the closed form
 
 
+def test_every_sampled_method_has_a_sampler_on_its_graph():
+    from onnxcam import sampling
+
+    assert set(sampling.SAMPLERS) == set(methods.names(methods.Kind.SAMPLED))
+    for method in methods.of_kind(methods.Kind.SAMPLED):
+        sampler = sampling.SAMPLERS[method.name]
+        assert sampler.graph is method.runs and sampler.graph in sampling.GRAPH_FILES, method.name
+        assert method.rule is None or sampler.rule == method.rule, method.name
+        assert sampling.rows_needed(method.name, sampling.Settings(), 2, 224, 224) > 1, method.name
+
+
 def test_graph_methods_have_a_formula():
     import pytest
 

@@ -26,6 +26,11 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECONVNET: _ClassVar[Method]
     GUIDED_BACKPROP: _ClassVar[Method]
     GUIDED_GRADCAM: _ClassVar[Method]
+    SMOOTHGRAD: _ClassVar[Method]
+    SMOOTHGRAD_GUIDED: _ClassVar[Method]
+    SMOOTH_GRADCAMPP: _ClassVar[Method]
+    INTEGRATED_GRADIENTS: _ClassVar[Method]
+    OCCLUSION: _ClassVar[Method]
 METHOD_UNSPECIFIED: Method
 METHOD_NONE: Method
 CAM: Method
@@ -43,6 +48,37 @@ SALIENCY: Method
 DECONVNET: Method
 GUIDED_BACKPROP: Method
 GUIDED_GRADCAM: Method
+SMOOTHGRAD: Method
+SMOOTHGRAD_GUIDED: Method
+SMOOTH_GRADCAMPP: Method
+INTEGRATED_GRADIENTS: Method
+OCCLUSION: Method
+
+class Sampling(_message.Message):
+    __slots__ = ("samples", "noise_level", "seed", "steps", "baseline", "patch", "stride", "fill")
+    class Baseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        BLACK: _ClassVar[Sampling.Baseline]
+        ZERO: _ClassVar[Sampling.Baseline]
+    BLACK: Sampling.Baseline
+    ZERO: Sampling.Baseline
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    FILL_FIELD_NUMBER: _ClassVar[int]
+    samples: int
+    noise_level: float
+    seed: int
+    steps: int
+    baseline: Sampling.Baseline
+    patch: int
+    stride: int
+    fill: float
+    def __init__(self, samples: _Optional[int] = ..., noise_level: _Optional[float] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., baseline: _Optional[_Union[Sampling.Baseline, str]] = ..., patch: _Optional[int] = ..., stride: _Optional[int] = ..., fill: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "data")
@@ -53,7 +89,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "image", "tensor", "methods", "targets", "top_k", "budget_ms", "raw", "heatmap_png", "overlay_png", "request_id")
+    __slots__ = ("model", "image", "tensor", "methods", "targets", "top_k", "budget_ms", "raw", "heatmap_png", "overlay_png", "request_id", "sampling")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +101,7 @@ class ExplainRequest(_message.Message):
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     tensor: Tensor
@@ -76,7 +113,8 @@ class ExplainRequest(_message.Message):
     heatmap_png: bool
     overlay_png: bool
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., targets: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., budget_ms: _Optional[float] = ..., raw: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., targets: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., budget_ms: _Optional[float] = ..., raw: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., request_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score", "logit")
@@ -103,20 +141,24 @@ class RawMap(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class Heatmap(_message.Message):
-    __slots__ = ("method", "target", "target_label", "raw", "heatmap_png", "overlay_png")
+    __slots__ = ("method", "target", "target_label", "raw", "heatmap_png", "overlay_png", "completeness_gap", "score_difference")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TARGET_LABEL_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_GAP_FIELD_NUMBER: _ClassVar[int]
+    SCORE_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
     method: Method
     target: int
     target_label: str
     raw: RawMap
     heatmap_png: bytes
     overlay_png: bytes
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., target_label: _Optional[str] = ..., raw: _Optional[_Union[RawMap, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
+    completeness_gap: float
+    score_difference: float
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., target: _Optional[int] = ..., target_label: _Optional[str] = ..., raw: _Optional[_Union[RawMap, _Mapping]] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., completeness_gap: _Optional[float] = ..., score_difference: _Optional[float] = ...) -> None: ...
 
 class Skipped(_message.Message):
     __slots__ = ("method", "reason", "detail")
@@ -165,7 +207,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "predictions", "heatmaps", "skipped", "timing", "request_id", "image_height", "image_width", "error")
+    __slots__ = ("model", "predictions", "heatmaps", "skipped", "timing", "request_id", "image_height", "image_width", "error", "sampling")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +217,7 @@ class ExplainResponse(_message.Message):
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     model: str
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     heatmaps: _containers.RepeatedCompositeFieldContainer[Heatmap]
@@ -184,7 +227,8 @@ class ExplainResponse(_message.Message):
     image_height: int
     image_width: int
     error: Error
-    def __init__(self, model: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[Skipped, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., request_id: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, model: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[Skipped, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., request_id: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -308,3 +352,47 @@ class ModelMetadata(_message.Message):
     providers: _containers.RepeatedScalarFieldContainer[str]
     unavailable: _containers.RepeatedCompositeFieldContainer[Skipped]
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., target_layer: _Optional[str] = ..., activation_shape: _Optional[_Iterable[int]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., preprocess: _Optional[_Union[Preprocess, _Mapping]] = ..., export_check: _Optional[_Union[ExportCheck, _Mapping]] = ..., opset: _Optional[int] = ..., source: _Optional[_Mapping[str, str]] = ..., method_cost_ms: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Iterable[_Union[Skipped, _Mapping]]] = ...) -> None: ...
+
+class VisualizeClassRequest(_message.Message):
+    __slots__ = ("model", "target", "steps", "learning_rate", "l2", "jitter", "blur_sigma", "blur_every", "seed", "report_every")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    BLUR_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    BLUR_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REPORT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    target: int
+    steps: int
+    learning_rate: float
+    l2: float
+    jitter: int
+    blur_sigma: float
+    blur_every: int
+    seed: int
+    report_every: int
+    def __init__(self, model: _Optional[str] = ..., target: _Optional[int] = ..., steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[float] = ..., jitter: _Optional[int] = ..., blur_sigma: _Optional[float] = ..., blur_every: _Optional[int] = ..., seed: _Optional[int] = ..., report_every: _Optional[int] = ...) -> None: ...
+
+class VisualizeClassUpdate(_message.Message):
+    __slots__ = ("step", "steps", "score", "objective", "probability", "image_png", "top1", "top1_label")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PNG_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    TOP1_LABEL_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    steps: int
+    score: float
+    objective: float
+    probability: float
+    image_png: bytes
+    top1: int
+    top1_label: str
+    def __init__(self, step: _Optional[int] = ..., steps: _Optional[int] = ..., score: _Optional[float] = ..., objective: _Optional[float] = ..., probability: _Optional[float] = ..., image_png: _Optional[bytes] = ..., top1: _Optional[int] = ..., top1_label: _Optional[str] = ...) -> None: ...

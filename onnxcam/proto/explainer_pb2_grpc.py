@@ -54,6 +54,11 @@ class ExplainerStub:
                 request_serializer=onnxcam_dot_v1_dot_explainer__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=onnxcam_dot_v1_dot_explainer__pb2.ModelMetadata.FromString,
                 _registered_method=True)
+        self.VisualizeClass = channel.unary_stream(
+                '/onnxcam.v1.Explainer/VisualizeClass',
+                request_serializer=onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassRequest.SerializeToString,
+                response_deserializer=onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassUpdate.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -88,6 +93,15 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VisualizeClass(self, request, context):
+        """Class model visualisation (Simonyan et al. 2014): the input that maximises a class's logit,
+        S_c(I) - l2 * ||I||^2, by gradient ascent from the zero image through input_gradients.onnx.
+        Progress streams while it runs; the last update carries the image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.GetModelMetadata,
                     request_deserializer=onnxcam_dot_v1_dot_explainer__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=onnxcam_dot_v1_dot_explainer__pb2.ModelMetadata.SerializeToString,
+            ),
+            'VisualizeClass': grpc.unary_stream_rpc_method_handler(
+                    servicer.VisualizeClass,
+                    request_deserializer=onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassRequest.FromString,
+                    response_serializer=onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class Explainer:
             '/onnxcam.v1.Explainer/GetModelMetadata',
             onnxcam_dot_v1_dot_explainer__pb2.GetModelMetadataRequest.SerializeToString,
             onnxcam_dot_v1_dot_explainer__pb2.ModelMetadata.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VisualizeClass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/onnxcam.v1.Explainer/VisualizeClass',
+            onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassRequest.SerializeToString,
+            onnxcam_dot_v1_dot_explainer__pb2.VisualizeClassUpdate.FromString,
             options,
             channel_credentials,
             insecure,
