@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "exporter.cli",  # also registers `models build`
     "serve": "server.cli",
     "explain": "onnxcam.client_cli",
+    "visualize-class": "onnxcam.visualize_cli",
     "demo": "onnxcam.demo",
 }
 

@@ -140,7 +140,7 @@ class Pipeline:
         return chosen, skipped
 
     @staticmethod
-    def _wait(future: Future, deadline_at: float | None) -> BatchResult:
+    def wait(future: Future, deadline_at: float | None) -> BatchResult:
         try:
             return future.result(timeout=deadlines.wait_s(deadline_at))
         except (FutureTimeout, CancelledError):
@@ -180,7 +180,7 @@ class Pipeline:
             pending.append(model.input_batcher.submit(self._input_feed(pixels, target, rules), deadline_at))
         if not pending:
             pending.append(model.predict_batcher.submit({contract.INPUT_PIXELS: pixels[:1]}, deadline_at))
-        results = [self._wait(future, deadline_at) for future in pending]
+        results = [self.wait(future, deadline_at) for future in pending]
         outputs = {name: value for result in reversed(results) for name, value in result.outputs.items()}
         inference_ms = sum(result.run_s for result in results) * 1000.0
         logits = results[0].outputs[contract.OUTPUT_LOGITS]
@@ -210,7 +210,7 @@ class Pipeline:
                 baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
                 sampler = sampling.SAMPLERS[name](prepared.pixels, targets, options.sampling, baseline=baseline)
                 maps[name], run_s = sampled.run(sampler, model.batcher_for(method.runs),
-                                                lambda future: self._wait(future, deadline_at), check_deadline,
+                                                lambda future: self.wait(future, deadline_at), check_deadline,
                                                 deadline_at)
                 stats[name] = sampler.stats()
                 sampled_run_s += run_s

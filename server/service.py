@@ -13,7 +13,7 @@ import grpc
 
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
-from server import deadlines, metadata
+from server import deadlines, metadata, visualize
 from server.errors import RequestError
 from server.pipeline import Pipeline
 
@@ -104,6 +104,17 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             return metadata.metadata(self.pipeline.repository.get(request.model))
         except RequestError as error:
             context.abort(error.code, error.message)
+
+    def VisualizeClass(self, request: pb.VisualizeClassRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.VisualizeClassUpdate]:
+        try:
+            yield from visualize.visualize_class(self.pipeline.repository, request, self._deadline(context),
+                                                 self.pipeline.wait, context.is_active)
+        except RequestError as error:
+            context.abort(error.code, error.message)
+        except Exception as error:
+            log.exception("VisualizeClass on model %r failed", request.model)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
 
     def close(self) -> None:
         self._stream_pool.shutdown(wait=True)
