@@ -64,7 +64,8 @@ class Method:
     runs: Graph = Graph.NONE
     #: Only for models whose head after the target layer is global-average-pool + linear.
     needs_linear_head: bool = False
-    #: Seconds rather than milliseconds per image on CPU: left out of the demo's default gallery.
+    #: Ten seconds or more per image on CPU (Score-CAM: a forward per channel): left out of the demo's
+    #: default gallery. The sampled methods take about a second at their defaults on the default model.
     slow: bool = False
     #: INPUT methods: the ReLU backward rule (contract.RULE_*), the graph output, and its channels.
     rule: int | None = None
@@ -123,23 +124,23 @@ METHODS: tuple[Method, ...] = (
            runs=Graph.HEAD),
     Method("smoothgrad", "SMOOTHGRAD", "SmoothGrad", Kind.SAMPLED, "Smilkov et al. 2017",
            "max_c (1/n) Σ_i |∂S_c/∂I (I + ε_i)|, ε_i ~ N(0, σ²), σ = level · (max I − min I)",
-           "Captum NoiseTunnel(Saliency), same noise", runs=Graph.INPUT_GRADIENTS, slow=True,
+           "Captum NoiseTunnel(Saliency), same noise", runs=Graph.INPUT_GRADIENTS,
            rule=contract.RULE_PLAIN),
     Method("smoothgrad_guided", "SMOOTHGRAD_GUIDED", "SmoothGrad (guided backpropagation)", Kind.SAMPLED,
            "Smilkov et al. 2017", "(1/n) Σ_i guided backpropagation at I + ε_i",
-           "Captum NoiseTunnel(GuidedBackprop), same noise", runs=Graph.INPUT_GRADIENTS, slow=True,
+           "Captum NoiseTunnel(GuidedBackprop), same noise", runs=Graph.INPUT_GRADIENTS,
            rule=contract.RULE_GUIDED, channels=3),
     Method("smooth_gradcampp", "SMOOTH_GRADCAMPP", "Smooth Grad-CAM++", Kind.SAMPLED, "Omeiza et al. 2019",
            "D_p = (1/n) Σ_i G(I + ε_i)^p; α = D_2 / (2D_2 + Σ_ab A_kab · D_3 + 1e-6); w_k = Σ_ij α·ReLU(D_1); "
            "ReLU(Σ_k w_k A_k)", "torchcam SmoothGradCAMpp, same noise (differences: README)",
-           runs=Graph.EXPLAINER, slow=True),
+           runs=Graph.EXPLAINER),
     Method("integrated_gradients", "INTEGRATED_GRADIENTS", "Integrated Gradients", Kind.SAMPLED,
            "Sundararajan et al. 2017",
            "Σ_c (I − I′) ⊙ Σ_i w_i ∂S_c/∂I (I′ + α_i (I − I′)), Gauss-Legendre (α_i, w_i), I′ black",
-           "Captum IntegratedGradients", runs=Graph.INPUT_GRADIENTS, slow=True, rule=contract.RULE_PLAIN),
+           "Captum IntegratedGradients", runs=Graph.INPUT_GRADIENTS, rule=contract.RULE_PLAIN),
     Method("occlusion", "OCCLUSION", "Occlusion", Kind.SAMPLED, "Zeiler & Fergus 2014",
            "mean over the patches covering (i, j) of p_c(I) − p_c(I with the patch grey)",
-           "Captum Occlusion on the softmax", runs=Graph.FORWARD, slow=True),
+           "Captum Occlusion on the softmax", runs=Graph.FORWARD),
 )
 
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}

@@ -74,6 +74,15 @@ def test_torchvision_architecture_exports_and_passes_the_check(tmp_path: Path, a
         images = [np.random.default_rng(seed).standard_normal((3, size, size), dtype=np.float32) for seed in (1, 2)]
         methods = BIG_MODEL_METHODS + (INPUT_METHODS if arch in INPUT_GRADIENT_ARCHITECTURES else [])
         served_parity(tmp_path / arch, arch, model, layer, images, methods)
+    if arch == "resnet50":  # the sampled methods on a deep ReLU network, against Captum and the formula
+        from test_sampled_methods import BIG_SETTINGS, SAMPLED, sampled_parity
+        from test_server_helpers import running_server
+
+        from onnxcam.client import ExplainerClient
+
+        with running_server(tmp_path) as server, ExplainerClient(server.address, timeout=600) as client:
+            sampled_parity(client, arch, model, layer, images[:1], SAMPLED, {**BIG_SETTINGS, "patch": 16,
+                                                                             "stride": 8})
 
 
 @pytest.mark.slow

@@ -22,12 +22,16 @@ def test_stubs_carry_the_contract_names():
     from onnxcam.proto import explainer_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["Explainer"]
-    assert {m.name for m in service.methods} == {"Explain", "ListModels", "GetModelMetadata", "ExplainStream"}
+    assert {m.name for m in service.methods} == {"Explain", "ListModels", "GetModelMetadata", "ExplainStream",
+                                                 "VisualizeClass"}
     stream = service.methods_by_name["ExplainStream"]
     assert stream.client_streaming and stream.server_streaming
+    visualize = service.methods_by_name["VisualizeClass"]
+    assert not visualize.client_streaming and visualize.server_streaming
     assert list(pb.Method.keys()) == ["METHOD_UNSPECIFIED", "METHOD_NONE", "CAM", "GRADCAM", "GRADCAMPP", "XGRADCAM",
                                       "LAYERCAM", "HIRESCAM", "ABLATIONCAM", "SCORECAM", "GRADCAM_COUNTERFACTUAL",
                                       "EIGENCAM", "RECIPROCAM", "SALIENCY", "DECONVNET", "GUIDED_BACKPROP",
-                                      "GUIDED_GRADCAM"]
+                                      "GUIDED_GRADCAM", "SMOOTHGRAD", "SMOOTHGRAD_GUIDED", "SMOOTH_GRADCAMPP",
+                                      "INTEGRATED_GRADIENTS", "OCCLUSION"]
     request = pb.ExplainRequest.DESCRIPTOR
     assert [f.name for f in request.oneofs_by_name["input"].fields] == ["image", "tensor"]
