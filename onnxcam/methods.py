@@ -65,7 +65,8 @@ class Method:
     #: Only for models whose head after the target layer is global-average-pool + linear.
     needs_linear_head: bool = False
     #: Ten seconds or more per image on CPU (Score-CAM: a forward per channel): left out of the demo's
-    #: default gallery. The sampled methods take about a second at their defaults on the default model.
+    #: default gallery. The sampled methods take seconds at their defaults on the default model; the
+    #: demo runs them with fewer rows (onnxcam.demo.DEMO_SAMPLING).
     slow: bool = False
     #: INPUT methods: the ReLU backward rule (contract.RULE_*), the graph output, and its channels.
     rule: int | None = None
