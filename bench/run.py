@@ -1,7 +1,7 @@
 """Run every benchmark, one after the other, each in its own process.
 
-    python bench/run.py [--quick] [--only overhead gradient_free input_gradients edge_runtimes server_load
-                                     batch_scaling]
+    python bench/run.py [--quick] [--only overhead gradient_free input_gradients sampled edge_runtimes
+                                     server_load batch_scaling]
 
 --quick finishes in about two minutes and is what CI runs (it checks that the harness works,
 never a timing). Without it: the full runs whose tables are in the README. Each script prints its
@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["overhead", "gradient_free", "input_gradients", "edge_runtimes", "server_load", "batch_scaling"]
-#: Benchmarks that only make sense next to the peer library (grad-cam, captum, openvino: the dev extra), so
-#: without it they are skipped, not failed.
-REQUIRES = {"gradient_free": "pytorch_grad_cam", "input_gradients": "captum", "edge_runtimes": "openvino"}
+SCRIPTS = ["overhead", "gradient_free", "input_gradients", "sampled", "edge_runtimes", "server_load",
+           "batch_scaling"]
+#: Benchmarks that only make sense next to the peer library (grad-cam, captum, torchcam, openvino: the dev
+#: extra), so without it they are skipped, not failed.
+REQUIRES = {"gradient_free": "pytorch_grad_cam", "input_gradients": "captum", "sampled": "captum",
+            "edge_runtimes": "openvino"}
 
 
 def main(argv: list[str] | None = None) -> int:

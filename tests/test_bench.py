@@ -29,6 +29,11 @@ def test_quick_benchmarks_run_and_write_results() -> None:
     # ill-conditioned in float32, and a quick run does not compare against float64).
     assert all(row["ours_ms"] > 0 and row["captum_ms"] > 0 and row["max_rel_difference"] >= 0
                for row in gradients["rows"])
+    sampled = json.loads((results / "sampled-quick.json").read_text())
+    assert {row["method"] for row in sampled["rows"]} == {
+        "smoothgrad", "smoothgrad_guided", "smooth_gradcampp", "integrated_gradients", "occlusion"}
+    assert all(row["ours_ms"] > 0 and row["reference_ms"] > 0 and row["max_rel_difference"] >= 0
+               for row in sampled["rows"])
     load = json.loads((results / "server-load-quick.json").read_text())
     assert load["machine"]["cpu"]
     scaling = json.loads((results / "batch-scaling-quick.json").read_text())

@@ -344,7 +344,7 @@ def test_a_passed_deadline_stops_a_sampled_method_between_chunks(tiny_server, ti
 
 #: The default model's parity settings: fewer samples and steps than the defaults keep the slow group short;
 #: the rows are the same kind whatever their number.
-BIG_SETTINGS = {"samples": 8, "noise_level": 0.15, "seed": 2, "steps": 24}
+BIG_SETTINGS = {"samples": 6, "noise_level": 0.15, "seed": 2, "steps": 16}
 
 
 @pytest.mark.slow
