@@ -34,6 +34,9 @@ DEFAULT_STEPS = 200
 DEFAULT_LEARNING_RATE = 0.1
 DEFAULT_L2 = 1e-4
 DEFAULT_REPORT_EVERY = 10
+#: Limits that bound one request's work and memory (a blur's taps grow with sigma).
+MAX_BLUR_SIGMA = 10.0
+MAX_LEARNING_RATE = 10.0
 
 #: (image rows [1, 3, H, W], target) -> (logits [1, C], d S_target / d image [1, 3, H, W]).
 Gradient = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -58,16 +61,16 @@ class Options:
         problems = []
         if not 1 <= out.steps <= MAX_STEPS:
             problems.append(f"steps must be 1..{MAX_STEPS}, not {out.steps}")
-        for name in ("learning_rate", "l2", "blur_sigma"):
+        for name, limit in (("learning_rate", MAX_LEARNING_RATE), ("l2", math.inf), ("blur_sigma", MAX_BLUR_SIGMA)):
             value = getattr(out, name)
-            if not (math.isfinite(value) and value >= 0):
-                problems.append(f"{name} must be a finite non-negative number, not {value}")
+            if not (math.isfinite(value) and 0 <= value <= limit):
+                problems.append(f"{name} must be a finite number in [0, {limit:g}], not {value}")
         if not 0 <= out.jitter <= min(height, width) // 4:
             problems.append(f"jitter must be 0..{min(height, width) // 4} pixels, not {out.jitter}")
         if out.blur_every < 0 or out.report_every < 1:
             problems.append("blur_every must be >= 0 and report_every >= 1")
-        if out.blur_sigma > 0 and out.blur_every == 0:
-            problems.append("blur_sigma needs blur_every (blur every how many steps)")
+        if (out.blur_sigma > 0) != (out.blur_every > 0):
+            problems.append("blur_sigma and blur_every go together (blur with this sigma every this many steps)")
         if out.seed < 0:
             problems.append(f"seed must be non-negative, not {out.seed}")
         if problems:

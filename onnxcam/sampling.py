@@ -7,8 +7,9 @@ SmoothGrad (Smilkov et al. 2017), Smooth Grad-CAM++ (Omeiza et al. 2019), Integr
 in numpy only, so that the server (through its batchers) and an edge device (a plain ONNX Runtime
 session, ``run_local``) compute the same map from the same rows:
 
-    sampler = sampling.SAMPLERS["integrated_gradients"](pixels, targets, sampling.Settings())
-    maps = sampling.run_local(sampler, sessions)   # sessions: graph file name -> InferenceSession
+    sampler = sampling.SAMPLERS["smoothgrad"](pixels, targets, sampling.Settings())
+    session = onnxruntime.InferenceSession(folder / sampling.GRAPH_FILES[sampler.graph])
+    maps = sampling.run_local(sampler, session)
 
 Noise is reproducible: sample i of seed s is ``noise(s, i, shape) * sigma``, whatever the chunking.
 """
@@ -66,7 +67,7 @@ class Settings:
         """Defaults filled in for an input of ``height`` x ``width``, every limit checked (ValueError)."""
         side = min(height, width)
         patch = self.patch or max(1, round(DEFAULT_PATCH_AT_224 * side / 224))
-        stride = self.stride or max(1, round(DEFAULT_STRIDE_AT_224 * side / 224))
+        stride = self.stride or min(max(1, round(DEFAULT_STRIDE_AT_224 * side / 224)), patch)
         out = dataclasses.replace(self, samples=self.samples or DEFAULT_SAMPLES, steps=self.steps or DEFAULT_STEPS,
                                   noise_level=self.noise_level or DEFAULT_NOISE_LEVEL, patch=patch, stride=stride)
         problems = []
@@ -291,8 +292,12 @@ class IntegratedGradients(Sampler):
     def rows_per_target(cls, settings: Settings, height: int, width: int) -> int:
         return settings.steps + 2
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, pixels: np.ndarray, targets: np.ndarray, settings: Settings, *,
+                 baseline: np.ndarray | None = None) -> None:
+        if baseline is None and settings.baseline == BASELINE_BLACK:
+            raise ValueError("a black baseline depends on the model's normalisation: pass "
+                             "baseline=baseline_pixels(settings, mean, std, shape), or use Settings(baseline='zero')")
+        super().__init__(pixels, targets, settings, baseline=baseline)
         self.alphas, self.weights = gauss_legendre(self.settings.steps)
         # the path row alpha_i and the two end rows (alpha 0: the baseline, alpha 1: the image)
         self.row_alphas = np.concatenate([self.alphas, [0.0, 1.0]]).astype(np.float32)

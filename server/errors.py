@@ -36,3 +36,7 @@ def unavailable(message: str) -> RequestError:
 
 def failed_precondition(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def cancelled(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.CANCELLED, message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from onnxcam.proto import explainer_pb2 as pb
 from server import budget, deadlines, heatmaps, imaging, methods, sampled
 from server.batcher import BatchResult
 from server.config import ServerConfig
-from server.errors import deadline, invalid
+from server.errors import cancelled, deadline, invalid
 from server.loaded_model import LoadedModel
 from server.repository import Repository
 
@@ -57,15 +58,19 @@ def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: Server
     if not math.isfinite(request.budget_ms) or request.budget_ms < 0:
         raise invalid(f"budget_ms must be 0 (no budget) or positive, not {request.budget_ms}")
     any_output = request.raw or request.heatmap_png or request.overlay_png
+    requested = methods.requested(request.methods)
     return Options(
-        methods=methods.requested(request.methods),
+        methods=requested,
         targets=targets,
         top_k=min(request.top_k or DEFAULT_TOP_K, num_classes),
         budget_ms=float(request.budget_ms),
         raw=request.raw or not any_output,
         heatmap_png=request.heatmap_png,
         overlay_png=request.overlay_png,
-        sampling=sampled.settings(request.sampling, *model.info.input_size),
+        # checked only when a sampled method is asked for: other requests ignore the field
+        sampling=(sampled.settings(request.sampling, *model.info.input_size)
+                  if any(registry.get(m).kind is Kind.SAMPLED for m in requested)
+                  else sampling.Settings().resolved(*model.info.input_size)),
     )
 
 
@@ -154,8 +159,10 @@ class Pipeline:
                 contract.INPUT_TARGET: np.tile(target, len(rules)),
                 contract.INPUT_RULE: np.repeat(np.asarray(rules, np.int64), len(target))}
 
-    def explain(self, request: pb.ExplainRequest, deadline_at: float | None = None) -> pb.ExplainResponse:
-        """Serve one request; ``deadline_at`` is a time.monotonic() instant or None."""
+    def explain(self, request: pb.ExplainRequest, deadline_at: float | None = None,
+                is_active: Callable[[], bool] | None = None) -> pb.ExplainResponse:
+        """Serve one request; ``deadline_at`` is a time.monotonic() instant or None; ``is_active`` says
+        whether the caller is still there (multi-pass work stops at its next chunk when not)."""
         start = time.perf_counter()
         model = self.repository.get(request.model)
         options = parse_options(request, model, self.config)
@@ -197,9 +204,10 @@ class Pipeline:
         def check_deadline() -> None:
             if deadlines.passed(deadline_at):
                 raise deadline("the deadline passed during inference")
+            if is_active is not None and not is_active():
+                raise cancelled("the caller went away")
 
         stats: dict[str, list[dict[str, float]]] = {}
-        sampled_run_s = 0.0
         for name, method in declared.items():
             if method.kind is Kind.GRADIENT_FREE:
                 check_deadline()
@@ -209,11 +217,10 @@ class Pipeline:
                 pre = model.info.preprocess
                 baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
                 sampler = sampling.SAMPLERS[name](prepared.pixels, targets, options.sampling, baseline=baseline)
-                maps[name], run_s = sampled.run(sampler, model.batcher_for(method.runs),
+                maps[name], _ = sampled.run(sampler, model.batcher_for(method.runs),
                                                 lambda future: self.wait(future, deadline_at), check_deadline,
                                                 deadline_at)
                 stats[name] = sampler.stats()
-                sampled_run_s += run_s
         post_start = time.perf_counter()
         inference_ms += _ms(gradient_free_start, post_start)
         response = pb.ExplainResponse(model=model.name, request_id=request.request_id, skipped=skipped,

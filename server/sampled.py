@@ -61,7 +61,8 @@ def run(sampler: sampling.Sampler, batcher: Batcher, wait: Callable[[Future], Ba
         sampler.add(target_index, part, {name: result.outputs[name] for name in sampler.outputs})
 
     try:
-        for target_index, part in sampling.parts(sampler, batcher.max_batch):
+        chunk = max(1, min(batcher.max_batch, batcher.max_queue // IN_FLIGHT))  # what the queue admits at once
+        for target_index, part in sampling.parts(sampler, chunk):
             check()
             feed = sampling.feed(sampler, sampler.rows(part), target_index)
             pending.append((target_index, part, batcher.submit(feed, deadline_at)))

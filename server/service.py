@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
@@ -33,12 +33,13 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         """The caller's deadline and the server's own limit; no deadline at all is common (gRPC's default)."""
         return deadlines.deadline_at(context.time_remaining(), self.pipeline.config.max_request_s)
 
-    def _explain(self, request: pb.ExplainRequest, deadline_at: float | None) -> pb.ExplainResponse:
+    def _explain(self, request: pb.ExplainRequest, deadline_at: float | None,
+                 is_active: Callable[[], bool] | None = None) -> pb.ExplainResponse:
         """The pipeline, with unexpected failures turned into INTERNAL and a log line per request."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return self.pipeline.explain(request, deadline_at)
+            return self.pipeline.explain(request, deadline_at, is_active)
         except RequestError as error:
             code = error.code
             raise
@@ -56,7 +57,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         if self.log_requests:
             log.info("received explain model=%s", request.model)
         try:
-            return self._explain(request, self._deadline(context))
+            return self._explain(request, self._deadline(context), context.is_active)
         except RequestError as error:
             context.abort(error.code, error.message)
 
@@ -76,7 +77,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         def read() -> None:
             try:
                 for request in request_iterator:
-                    entry = (request, self._stream_pool.submit(self._explain, request, deadline_at))
+                    entry = (request, self._stream_pool.submit(self._explain, request, deadline_at, context.is_active))
                     while not _put(entry):
                         if not context.is_active():
                             return

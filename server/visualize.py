@@ -15,7 +15,7 @@ from onnxcam import class_model, contract
 from onnxcam.proto import explainer_pb2 as pb
 from server import deadlines, heatmaps
 from server.batcher import BatchResult
-from server.errors import deadline, failed_precondition, invalid
+from server.errors import cancelled, deadline, failed_precondition, invalid
 from server.repository import Repository
 
 
@@ -55,7 +55,7 @@ def visualize_class(repository: Repository, request: pb.VisualizeClassRequest, d
         if deadlines.passed(deadline_at):
             raise deadline("the deadline passed during the class visualisation")
         if not is_active():
-            raise deadline("the caller went away")
+            raise cancelled("the caller went away")
 
     for progress, image in class_model.ascend(gradient, (3, height, width), request.target, used, check=check):
         update = pb.VisualizeClassUpdate(step=progress.step, steps=progress.steps, score=progress.score,

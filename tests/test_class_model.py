@@ -55,6 +55,8 @@ def test_the_same_request_gives_the_same_image_and_jitter_is_seeded(client):
     ({"model": "tiny", "target": 1, "steps": class_model.MAX_STEPS + 1}, grpc.StatusCode.INVALID_ARGUMENT),
     ({"model": "tiny", "target": 1, "jitter": 9}, grpc.StatusCode.INVALID_ARGUMENT),
     ({"model": "tiny", "target": 1, "blur_sigma": 1.0}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "tiny", "target": 1, "blur_sigma": 1e6, "blur_every": 1}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"model": "tiny", "target": 1, "learning_rate": 1e9}, grpc.StatusCode.INVALID_ARGUMENT),
     ({"model": "nope", "target": 1}, grpc.StatusCode.NOT_FOUND),
 ])
 def test_bad_requests_get_a_clear_code(client, request_fields, code):
