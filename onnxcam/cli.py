@@ -15,6 +15,8 @@ SUBCOMMANDS: dict[str, str] = {
     "explain": "onnxcam.client_cli",
     "visualize-class": "onnxcam.visualize_cli",
     "demo": "onnxcam.demo",
+    "evaluate": "onnxcam.evaluate_cli",
+    "sanity-check": "onnxcam.sanity_cli",
 }
 
 
