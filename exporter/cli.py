@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+from pathlib import Path
+
+from onnxcam.cli_errors import CliError, check_writable_dir, require_export_extra
 
 log = logging.getLogger("onnxcam.exporter")
 
@@ -29,17 +31,17 @@ def _register_models(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from exporter import ExportError
     from exporter.recipes import build_all
 
+    models = Path(args.models)
+    if not models.is_dir():
+        raise CliError(f"--models {models} is not a folder (the model repository, with <name>/recipe.json)", code=2)
     try:
-        for line in build_all(Path(args.models), force=args.force, only=args.names or None):
+        for line in build_all(models, force=args.force, only=args.names or None):
             print(line)
     except ExportError as error:
-        print(f"onnxcam models build: error: {error}", file=sys.stderr)
-        return 2
+        raise CliError(str(error), code=2) from error
     return 0
 
 
@@ -71,21 +73,29 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _read_labels(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}", code=2) from error
+
+
 def run(args: argparse.Namespace) -> int:
+    require_export_extra("onnxcam export")
+    check_writable_dir(Path(args.out), "--out")
+
     from exporter import ExportError, export
     from exporter.sources import build_arch, load_weights, model_from_file
 
     size = args.input_size if len(args.input_size) == 2 else args.input_size * 2
+    labels = _read_labels(args.labels) if args.labels else None
     try:
         log.info("building %s", args.arch or args.model_file)
         model = build_arch(args.arch) if args.arch else model_from_file(args.model_file)
         if args.weights:
             log.info("loading weights %s", args.weights)
             load_weights(model, args.weights)
-        labels = None
-        if args.labels:
-            with open(args.labels, encoding="utf-8") as handle:
-                labels = [line.rstrip("\n") for line in handle if line.strip()]
         source = {"arch": args.arch} if args.arch else {"model_file": args.model_file}
         if args.weights:
             source["weights"] = args.weights
@@ -93,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
                         input_gradients=args.input_gradients,
                         std=args.std, name=args.name, resize=args.resize, source=source)
     except ExportError as error:
-        print(f"onnxcam export: error: {error}", file=sys.stderr)
-        return 2
+        raise CliError(str(error), code=2) from error
     if args.json:
         print(json.dumps({"summary": report.summary(), "max_rel_errors": report.max_errors(),
                           "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))

@@ -13,7 +13,7 @@ from onnxcam import contract
 
 log = logging.getLogger("onnxcam.exporter")
 
-RECIPE_FILE = "recipe.json"
+RECIPE_FILE = contract.RECIPE_FILE
 #: Bumped when how a recipe is built changes (labels, preprocessing rules): rebuilds every model.
 BUILD_RULES_VERSION = 4  # 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real activations; 3: Lite ReLU6
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from onnxcam.cli_errors import CliError, missing_module_message, one_line
+
+#: Set to 1 to see the traceback of an unexpected error (a bug to report) instead of its one line.
+TRACEBACK_ENV = "ONNXCAM_TRACEBACK"
 
 # subcommand -> module with ``register(subparsers)``; each module keeps its top-level imports light.
 SUBCOMMANDS: dict[str, str] = {
@@ -43,7 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Third-party optimizers log every rewrite at INFO; only our own progress is wanted.
     logging.getLogger().handlers[0].addFilter(lambda record: record.name.startswith("onnxcam"))
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except CliError as error:
+        return _fail(one_line(error), error.code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except ModuleNotFoundError as error:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        return _fail(missing_module_message(error), 2)
+    except Exception as error:  # noqa: BLE001 - a bug still gets one line; the traceback on request
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        return _fail(f"unexpected {type(error).__name__}: {one_line(error)} ({TRACEBACK_ENV}=1 shows the "
+                     "traceback; please report it)", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from onnxcam import methods as registry
+from onnxcam.cli_errors import check_writable_file, write_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     from onnxcam.client import ExplainerClient, method_name
 
+    for option, path in (("--out", args.out), ("--heatmap", args.heatmap)):
+        if path is not None:
+            check_writable_file(path, option)
     try:
         with ExplainerClient(args.server, timeout=args.timeout) as client:
             response = client.explain(args.image, args.model, methods=args.methods or ["gradcam"],
@@ -87,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{heatmap.completeness_gap:+.4f} of a logit difference {heatmap.score_difference:+.4f}")
     several = len(response.heatmaps) > 1
     for heatmap in response.heatmaps:
-        for base, data in ((args.out, heatmap.overlay_png), (args.heatmap, heatmap.heatmap_png)):
+        for option, base, data in (("--out", args.out, heatmap.overlay_png),
+                                   ("--heatmap", args.heatmap, heatmap.heatmap_png)):
             if base is not None and data:
                 path = _path(base, heatmap, several)
-                path.write_bytes(data)
+                write_file(path, data, option)
                 print(f"wrote {path} ({method_name(heatmap.method)}, class {heatmap.target} {heatmap.target_label})")
     return 0

@@ -13,6 +13,8 @@ FORWARD_FILE = "forward.onnx"
 #: guided backpropagation and Guided Grad-CAM. A graph of its own, so the explainer's cost never grows.
 INPUT_GRADIENTS_FILE = "input_gradients.onnx"
 MODEL_JSON = "model.json"
+#: A bundled model's recipe (committed); ``onnxcam models build`` exports the folder's graphs from it.
+RECIPE_FILE = "recipe.json"
 #: Weight [C, K] and bias [C] of the head when it is global-average-pool + linear (CAM and the
 #: closed form of Ablation-CAM need them; the server has no other way to the weights).
 CAM_LINEAR_FILE = "cam_linear.npz"

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from onnxcam import methods as registry
+from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
@@ -58,7 +59,8 @@ def ensure_model(models: Path, name: str) -> None:
     except ImportError:
         if (models / name / "model.json").exists():
             return
-        raise SystemExit(f"model {name} is not built and torch is not installed: pip install -e '.[export]'") from None
+        raise CliError(f"model {name} is not built in {models} and building it needs torch: {EXPORT_EXTRA_HINT}",
+                       code=2) from None
     say(f"checking model {name} (exports from models/{name}/recipe.json when missing or stale; ~1-2 min)")
     for line in build_all(models, only=[name]):
         say(line)
@@ -81,14 +83,15 @@ def wait_until_serving(client, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"the server exited with code {server.returncode}:\n{server.stderr.read()[-3000:]}")
+            lines = [line for line in server.stderr.read().splitlines() if line.strip()]
+            raise CliError(f"the server exited with code {server.returncode}: {lines[-1] if lines else 'no output'}")
         try:
             if client.health(timeout=1.0) == "SERVING":
                 return
         except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(0.3)
-    raise SystemExit("the server did not become ready in time")
+    raise CliError(f"the server did not become ready in {STARTUP_TIMEOUT_S:.0f} s")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -185,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
     from onnxcam.client import ExplainerClient
 
     models, out = Path(args.models), Path(args.out)
+    if not models.is_dir():
+        raise CliError(f"--models {models} is not a folder (the model repository, e.g. models)", code=2)
+    check_writable_dir(out, "--out")
     photos = [Path(p) for p in args.photos] or bundled_photos()
     ensure_model(models, args.model)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,13 +85,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    from onnxcam.cli_errors import CliError
     from server.app import serve
 
     try:
         config = config_from_args(args)
     except ValueError as error:
-        logging.getLogger("onnxcam.server").error("%s", error)
-        return 2
+        raise CliError(str(error), code=2) from error
     return serve(args.models, config)

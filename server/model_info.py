@@ -87,6 +87,9 @@ def _preprocess(data: dict[str, Any], input_size: tuple[int, int]) -> Preprocess
 def load_model_info(folder: Path) -> ModelInfo:
     """Parse ``folder/model.json`` and check that the files it names exist."""
     folder = Path(folder)
+    if not (folder / contract.MODEL_JSON).exists() and (folder / contract.RECIPE_FILE).is_file():
+        raise ModelFolderError(f"not built yet: it holds {contract.RECIPE_FILE} but no {contract.MODEL_JSON}; run "
+                               f"`onnxcam models build --models {folder.parent} {folder.name}` (needs torch)")
     try:
         data = json.loads(_file(folder, contract.MODEL_JSON).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -38,8 +38,9 @@ class Repository:
 
 
 def model_folders(root: Path) -> list[Path]:
-    """``root`` itself when it is a model folder, else its sub-folders (hidden ones excluded)."""
-    if (root / contract.MODEL_JSON).is_file():
+    """``root`` itself when it is a model folder (built, or only its recipe), else its sub-folders
+    (hidden ones excluded)."""
+    if (root / contract.MODEL_JSON).is_file() or (root / contract.RECIPE_FILE).is_file():
         return [root]
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
