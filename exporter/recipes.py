@@ -71,6 +71,7 @@ def build(recipe: Recipe) -> str:
         labels=labels, mean=spec.get("mean", (0.485, 0.456, 0.406)), std=spec.get("std", (0.229, 0.224, 0.225)),
         resize=spec.get("resize"), name=recipe.name,
         source={"arch": spec["arch"], "weights": spec.get("weights"), "recipe_sha256": recipe.digest},
+        weights=spec.get("weights") or contract.WEIGHTS_RANDOM,
     )
     return report.summary()
 

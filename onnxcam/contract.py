@@ -19,6 +19,12 @@ RECIPE_FILE = "recipe.json"
 #: closed form of Ablation-CAM need them; the server has no other way to the weights).
 CAM_LINEAR_FILE = "cam_linear.npz"
 
+#: model.json's ``weights`` (and the graphs' ``onnxcam.weights``) for a randomly initialised network:
+#: its predictions and heatmaps mean nothing. Other values say where trained weights came from.
+WEIGHTS_RANDOM = "random"
+#: model.json's ``weights`` when the exporter was not told (the Python API without ``weights=``).
+WEIGHTS_UNSPECIFIED = "unspecified"
+
 INPUT_PIXELS = "pixels"
 INPUT_TARGET = "target"
 INPUT_ACTIVATIONS = "activations"

@@ -66,6 +66,9 @@ def load_repository(root: Path, config: ServerConfig) -> Repository:
             repository.skipped[str(folder)] = f"unexpected error: {error}"
             continue
         repository.models[info.name] = model
+        if info.raw.get("weights") == contract.WEIGHTS_RANDOM:
+            log.warning("%s has RANDOM weights (exported from an architecture without --weights): its predictions "
+                        "and heatmaps mean nothing", info.name)
         off = ", ".join(f"{m} ({d})" for m, (reason, d) in model.unavailable.items()
                         if reason == pb.Skipped.NOT_AVAILABLE)
         log.info("loaded %s from %s: %d classes, input %s, methods %s, providers %s; costs ms %s%s", info.name, folder,
