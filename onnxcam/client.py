@@ -6,6 +6,7 @@
         for p in response.predictions:
             print(p.label, p.score)
         open("overlay.png", "wb").write(response.heatmaps[0].overlay_png)
+        print(summary(response))  # top-k, heatmaps, skipped methods, timing: one readable block
 
 Errors arrive as ``grpc.RpcError`` with the server's status code and message
 (``error.code()``, ``error.details()``).
@@ -48,6 +49,30 @@ def method_value(method: MethodLike) -> int:
 
 def method_name(value: int) -> str:
     return pb.Method.Name(value).lower() if value in pb.Method.values() else str(value)
+
+
+def format_timing(timing: pb.Timing) -> str:
+    """One line: where the server's time went (the protobuf's own str is one field per line)."""
+    return (f"decode {timing.decode_ms:.1f} ms, preprocess {timing.preprocess_ms:.1f} ms, queue {timing.queue_ms:.1f} "
+            f"ms, inference {timing.inference_ms:.1f} ms, postprocess {timing.postprocess_ms:.1f} ms, total "
+            f"{timing.total_ms:.1f} ms (batch of {timing.batch_rows} rows)")
+
+
+def format_skipped(skipped: pb.Skipped) -> str:
+    """``scorecam skipped (budget): needs about ...``: the method and reason by name, not enum numbers."""
+    reason = pb.Skipped.Reason.Name(skipped.reason).lower().replace("_", " ")
+    return f"{method_name(skipped.method)} skipped ({reason}): {skipped.detail}"
+
+
+def summary(response: pb.ExplainResponse) -> str:
+    """The response as a person reads it: predictions, heatmaps, skipped methods and timing, one per line."""
+    lines = [f"{response.model}: {response.timing.total_ms:.1f} ms on the server"]
+    lines += [f"{rank:3d}. {p.label:<30s} {p.score:8.4f}  (class {p.index}, logit {p.logit:.3f})"
+              for rank, p in enumerate(response.predictions, 1)]
+    lines += [f"heatmap {method_name(h.method)} for class {h.target} ({h.target_label})" for h in response.heatmaps]
+    lines += [format_skipped(s) for s in response.skipped]
+    lines.append(f"timing: {format_timing(response.timing)}")
+    return "\n".join(lines)
 
 
 def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods: Sequence[MethodLike] = (),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from onnxcam import methods as registry
-from onnxcam.cli_errors import check_writable_file, write_file
+from onnxcam.cli_errors import CliError, check_writable_file, rpc_failure, write_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and write the heatmap overlay.")
     parser.add_argument("image", type=Path, help="JPEG, PNG or WebP file")
     parser.add_argument("--server", default="localhost:50051", help="host:port (default localhost:50051)")
-    parser.add_argument("--model", required=True, help="model name (as the server lists it)")
+    parser.add_argument("--model", help="model name (as the server lists it); may be left out when the server has one")
     parser.add_argument("--method", action="append", dest="methods", metavar="METHOD",
                         help=f"{', '.join(registry.names())} or none (default {registry.DEFAULT[0]}); repeat "
                              "for several")
@@ -51,6 +50,13 @@ def _sampling(args: argparse.Namespace) -> dict:
     return sampling
 
 
+def _several(args: argparse.Namespace) -> bool:
+    """Whether the request can return more than one heatmap: decided by what was asked, never by what
+    came back, so a budget that drops a method does not rename the files."""
+    methods = [m for m in (args.methods or [registry.DEFAULT[0]]) if m.lower() != "none"]
+    return len(methods) * max(len(args.targets or []), 1) > 1
+
+
 def _path(base: Path, heatmap, several: bool) -> Path:
     from onnxcam.client import method_name
 
@@ -59,37 +65,49 @@ def _path(base: Path, heatmap, several: bool) -> Path:
     return base.with_name(f"{base.stem}.{method_name(heatmap.method)}.{heatmap.target}{base.suffix}")
 
 
+def only_model(client, server: str) -> str:
+    """The server's model when it has exactly one, so ``--model`` can be left out."""
+    names = sorted(m.name for m in client.list_models())
+    if len(names) == 1:
+        return names[0]
+    raise CliError(f"--model is needed: the server on {server} has {', '.join(names) or 'no models'}", code=2)
+
+
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from onnxcam.client import ExplainerClient, method_name
+    from onnxcam.client import ExplainerClient, format_skipped, method_name
 
     for option, path in (("--out", args.out), ("--heatmap", args.heatmap)):
         if path is not None:
             check_writable_file(path, option)
+    methods = args.methods or [registry.DEFAULT[0]]
     try:
         with ExplainerClient(args.server, timeout=args.timeout) as client:
-            response = client.explain(args.image, args.model, methods=args.methods or ["gradcam"],
+            model = args.model or only_model(client, args.server)
+            response = client.explain(args.image, model, methods=methods,
                                       targets=args.targets or [], top_k=args.top_k, budget_ms=args.budget_ms,
                                       overlay_png=args.out is not None, heatmap_png=args.heatmap is not None,
                                       raw=args.out is None and args.heatmap is None, sampling=_sampling(args))
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        raise rpc_failure(error, args.server) from None
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise CliError(str(error)) from error
     print(f"{args.image} on {response.model} ({response.timing.total_ms:.1f} ms on the server):")
     for rank, prediction in enumerate(response.predictions, 1):
         print(f"{rank:3d}. {prediction.label:<30s} {prediction.score:8.4f}  (class {prediction.index}, "
               f"logit {prediction.logit:.3f})")
+    asked = [m for m in methods if m.lower() != "none"]
+    if asked and not response.heatmaps:
+        reasons = "; ".join(format_skipped(skipped) for skipped in response.skipped)
+        raise CliError(f"no heatmap: every method asked for was skipped ({reasons or 'no reason given'})")
     for skipped in response.skipped:
-        print(f"skipped {method_name(skipped.method)}: {skipped.detail}")
+        print(format_skipped(skipped))
     for heatmap in response.heatmaps:
         if heatmap.score_difference or heatmap.completeness_gap:
             print(f"{method_name(heatmap.method)} class {heatmap.target}: completeness gap "
                   f"{heatmap.completeness_gap:+.4f} of a logit difference {heatmap.score_difference:+.4f}")
-    several = len(response.heatmaps) > 1
+    several = _several(args)
     for heatmap in response.heatmaps:
         for option, base, data in (("--out", args.out, heatmap.overlay_png),
                                    ("--heatmap", args.heatmap, heatmap.heatmap_png)):

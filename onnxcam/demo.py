@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from onnxcam import methods as registry
-from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir
+from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir, rpc_failure
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
@@ -34,8 +34,10 @@ def say(message: str) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="explain real photos with the default model and write a web page",
-                                   description=__doc__)
+    parser = subparsers.add_parser(
+        "demo", help="explain real photos with the default model and write a web page",
+        description="Build the default model (from its recipe, when missing), serve it, explain photos over gRPC "
+                    "and write a web page and a gallery image, printing each step as it happens.")
     parser.add_argument("--models", default="models", help="model repository (default: models)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to explain with (default {DEFAULT_MODEL})")
     parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
@@ -106,7 +108,7 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def explain_photos(client, model: str, photos: list[Path], methods: list[str], out: Path) -> list[dict]:
-    from onnxcam.client import method_name
+    from onnxcam.client import format_skipped, format_timing, method_name
 
     results = []
     for photo in photos:
@@ -116,10 +118,9 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
         for p in response.predictions:
             say(f"    {p.score:6.1%}  {p.label}  (class {p.index})")
         t = response.timing
-        say(f"    decode {t.decode_ms:.1f} ms, preprocess {t.preprocess_ms:.1f} ms, queue {t.queue_ms:.1f} ms, "
-            f"inference {t.inference_ms:.1f} ms, postprocess {t.postprocess_ms:.1f} ms, total {t.total_ms:.1f} ms")
+        say(f"    {format_timing(t)}")
         for skipped in response.skipped:
-            say(f"    skipped {method_name(skipped.method)}: {skipped.detail}")
+            say(f"    {format_skipped(skipped)}")
         shutil.copyfile(photo, out / photo.name)
         overlays = []
         for heatmap in response.heatmaps:
@@ -185,6 +186,8 @@ ONNX Runtime call (the backward pass is inside the graph).</p>
 
 
 def run(args: argparse.Namespace) -> int:
+    import grpc
+
     from onnxcam.client import ExplainerClient
 
     models, out = Path(args.models), Path(args.out)
@@ -200,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
         with ExplainerClient(f"127.0.0.1:{port}") as client:
             wait_until_serving(client, server)
             say(f"server ready; explaining {len(photos)} photos with {', '.join(args.methods)}")
-            results = explain_photos(client, args.model, photos, args.methods, out)
+            try:
+                results = explain_photos(client, args.model, photos, args.methods, out)
+            except grpc.RpcError as error:
+                raise rpc_failure(error, f"127.0.0.1:{port}") from None
     finally:
         stop_server(server)
     index = write_index(out, args.model, results)

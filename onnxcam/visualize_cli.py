@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from onnxcam import class_model
-from onnxcam.cli_errors import check_writable_file, write_file
+from onnxcam.cli_errors import CliError, check_writable_file, rpc_failure, write_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,11 +86,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         png, top1, label, probability = (_local if args.model_dir else _remote)(args, options)
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        raise rpc_failure(error, args.server) from None
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise CliError(str(error)) from error
     write_file(args.out, png, "--out")
     print(f"wrote {args.out}: class {args.target}, p = {probability:.4f}; the model's top-1 for it is "
           f"class {top1} ({label})")

@@ -39,6 +39,8 @@ def test_random_weights_are_said_at_export_time_and_in_the_metadata(tmp_path, ca
     assert len(warning) == 1 and "squeezenet1_1 gets RANDOM weights" in warning[0]
     assert "nothing is downloaded" in warning[0] and "--weights FILE" in warning[0]
     assert "RANDOM WEIGHTS" in result.stdout
+    both = result.stdout + result.stderr
+    assert both.count("check passed") == 1, both  # the summary is printed once (stdout), not logged as well
     assert json.loads((out / "model.json").read_text())["weights"] == contract.WEIGHTS_RANDOM
     graph = onnx.load(str(out / contract.EXPLAINER_FILE), load_external_data=False)
     metadata = {entry.key: entry.value for entry in graph.metadata_props}
