@@ -1,4 +1,4 @@
-"""Names shared by the exporter and the server: the explainer graph contract of DESIGN.md.
+"""Names shared by the exporter and the server: the explainer graph contract of docs/DESIGN.md.
 
 Kept free of torch so that the server can import it.
 """
