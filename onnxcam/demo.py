@@ -17,8 +17,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from onnxcam import contract
 from onnxcam import methods as registry
 from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir, rpc_failure
+from onnxcam.cli_inputs import image_files, method_list, output_stems
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
@@ -41,11 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", default="models", help="model repository (default: models)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model to explain with (default {DEFAULT_MODEL})")
     parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                        help="methods to show (default: every method but the slow ones, "
+    parser.add_argument("--methods", type=method_list, default=DEFAULT_METHODS, metavar="METHOD[,METHOD...]",
+                        help="methods to show, comma-separated (default: every method but the slow ones, "
                              f"{', '.join(m.name for m in registry.METHODS if m.slow)}; a method the model "
                              "cannot compute is listed as skipped)")
-    parser.add_argument("photos", nargs="*", help="your own photos (default: the bundled ones)")
+    parser.add_argument("photos", nargs="*", type=Path, metavar="PHOTO",
+                        help="your own photos or folders of them (default: the bundled ones)")
     parser.set_defaults(handler=run)
 
 
@@ -55,11 +58,18 @@ def bundled_photos() -> list[Path]:
 
 
 def ensure_model(models: Path, name: str) -> None:
-    """Export the model from its recipe when it is missing or stale (needs the export extra)."""
+    """Export the model from its recipe when it is missing or stale (needs the export extra); a folder
+    exported by hand (model.json, no recipe) is used as it is."""
+    folder = models / name
+    if not (folder / contract.RECIPE_FILE).is_file():
+        if (folder / contract.MODEL_JSON).is_file():
+            return
+        raise CliError(f"model {name} is neither built nor a recipe in {models} ({folder} has no "
+                       f"{contract.MODEL_JSON} or {contract.RECIPE_FILE})", code=2)
     try:
         from exporter.recipes import build_all
     except ImportError:
-        if (models / name / "model.json").exists():
+        if (folder / contract.MODEL_JSON).exists():
             return
         raise CliError(f"model {name} is not built in {models} and building it needs torch: {EXPORT_EXTRA_HINT}",
                        code=2) from None
@@ -111,7 +121,7 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
     from onnxcam.client import format_skipped, format_timing, method_name
 
     results = []
-    for photo in photos:
+    for photo, stem in zip(photos, output_stems(photos), strict=True):  # photos from two folders may share a name
         response = client.explain(photo, model=model, methods=methods, top_k=5, overlay_png=True, heatmap_png=True,
                                   sampling=DEMO_SAMPLING, timeout=600)
         say(f"{photo.name}:")
@@ -121,15 +131,16 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
         say(f"    {format_timing(t)}")
         for skipped in response.skipped:
             say(f"    {format_skipped(skipped)}")
-        shutil.copyfile(photo, out / photo.name)
+        copy = f"{stem}{photo.suffix}"
+        shutil.copyfile(photo, out / copy)
         overlays = []
         for heatmap in response.heatmaps:
             method = registry.get(method_name(heatmap.method))
-            name = f"{photo.stem}_{method.name}.png"
+            name = f"{stem}_{method.name}.png"
             # Gradient images (guided backpropagation...) are shown as the papers show them, not over the photo.
             (out / name).write_bytes(heatmap.heatmap_png if method.channels > 1 else heatmap.overlay_png)
             overlays.append((method.title, heatmap.target_label, name))
-        results.append({"photo": photo.name, "predictions": [(p.label, p.score) for p in response.predictions],
+        results.append({"photo": copy, "predictions": [(p.label, p.score) for p in response.predictions],
                         "timing": t, "overlays": overlays})
     return results
 
@@ -194,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if not models.is_dir():
         raise CliError(f"--models {models} is not a folder (the model repository, e.g. models)", code=2)
     check_writable_dir(out, "--out")
-    photos = [Path(p) for p in args.photos] or bundled_photos()
+    photos = image_files(args.photos) if args.photos else bundled_photos()
     ensure_model(models, args.model)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
