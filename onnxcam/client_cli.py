@@ -107,6 +107,9 @@ def plan_outputs(args: argparse.Namespace, files: Sequence[Path]) -> list[Output
         if folder is not None:
             if folder.exists() and not folder.is_dir():
                 raise CliError(f"{option} {folder} is a file; with several images it is a folder", code=2)
+            if not folder.exists() and folder.suffix.lower() == ".png":
+                raise CliError(f"{option} {folder} looks like a file name; with several images give a folder "
+                               "(it gets <image>.png for each)", code=2)
             check_writable_dir(folder, option)
     return [Outputs(args.out / f"{stem}.png" if args.out else None,
                     args.heatmap / f"{stem}.png" if args.heatmap else None, True, several)

@@ -72,6 +72,12 @@ def test_a_bad_image_among_good_ones_is_reported_and_the_others_are_written(serv
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
 
 
+def test_a_file_name_as_out_for_several_images_is_one_line(server, photos, tmp_path):
+    result = onnxcam("explain", "--server", server.address, str(photos / "d"), "--out", str(tmp_path / "o.png"))
+    assert_one_error(result, 2, "looks like a file name; with several images give a folder")
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_a_folder_without_images_and_a_missing_path_are_one_line(server, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_error(onnxcam("explain", "--server", server.address, str(tmp_path / "empty")), 2, "holds no image")
