@@ -15,7 +15,9 @@ log = logging.getLogger("onnxcam.exporter")
 
 RECIPE_FILE = contract.RECIPE_FILE
 #: Bumped when how a recipe is built changes (labels, preprocessing rules): rebuilds every model.
-BUILD_RULES_VERSION = 4  # 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real activations; 3: Lite ReLU6
+#: 5: preprocess rules in model.json; 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real
+#: activations; 3: Lite ReLU6
+BUILD_RULES_VERSION = 5
 
 
 @dataclass
