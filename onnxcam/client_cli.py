@@ -124,6 +124,28 @@ def only_model(client, server: str) -> str:
     raise CliError(f"--model is needed: the server on {server} has {', '.join(names) or 'no models'}", code=2)
 
 
+def announce(client, model: str, args: argparse.Namespace, images: int) -> None:
+    """A line on stderr before a call the server's own measurements say will take a while."""
+    from onnxcam import sampling
+    from onnxcam.cli_estimate import announcement, estimate_ms
+
+    asked = _asked(args)
+    if not asked:
+        return
+    meta = client.metadata(model)
+    settings = sampling.Settings(samples=args.samples, noise_level=args.noise_level,
+                                 seed=sampling.DEFAULT_SEED if args.seed is None else args.seed, steps=args.steps,
+                                 baseline=args.baseline, patch=args.patch, stride=args.stride)
+    try:
+        size = (meta.input_height, meta.input_width)
+        need_ms = estimate_ms(meta.method_cost_ms, asked, len(args.targets or []), settings.resolved(*size), size)
+    except ValueError:
+        return  # bad sampling settings: the server says what is wrong
+    line = announcement(model, asked, images, need_ms, args.timeout)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def report(image: Path, response, outputs: Outputs, asked: list[str], prefix: str = "") -> str | None:
     """Print one image's answer and write its pictures; returns why it failed, or None."""
     from onnxcam.client import format_skipped, method_name
@@ -210,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ExplainerClient(args.server, timeout=args.timeout) as client:
             model = args.model or only_model(client, args.server)
+            announce(client, model, args, len(files))
             options = dict(model=model, methods=args.methods or [registry.DEFAULT[0]], targets=args.targets or [],
                            top_k=args.top_k, budget_ms=args.budget_ms, overlay_png=args.out is not None,
                            heatmap_png=args.heatmap is not None, raw=args.out is None and args.heatmap is None,

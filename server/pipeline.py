@@ -19,7 +19,7 @@ from onnxcam import contract, sampling
 from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
-from server import budget, deadlines, heatmaps, imaging, methods, sampled
+from server import budget, deadlines, fits, heatmaps, imaging, methods, sampled
 from server.batcher import BatchResult
 from server.config import ServerConfig
 from server.errors import cancelled, deadline, invalid
@@ -128,12 +128,16 @@ class Pipeline:
                           "patch positions (a larger occlusion stride)")
         return needed
 
+    @staticmethod
+    def _render_ms(model: LoadedModel, options: Options, pixels: int) -> float:
+        """Estimated PNG/overlay drawing per map: only paid when pictures are asked for."""
+        outputs = options.heatmap_png or options.overlay_png
+        return model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
+
     def _budget(self, model: LoadedModel, usable: list[str], options: Options, rows: int, spent_ms: float,
-                pixels: int, sampled_rows: dict[str, int]) -> tuple[list[str], list[pb.Skipped]]:
+                render_ms: float, sampled_rows: dict[str, int]) -> tuple[list[str], list[pb.Skipped]]:
         if not options.budget_ms or not usable:
             return usable, []
-        outputs = options.heatmap_png or options.overlay_png
-        render_ms = model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
         available = options.budget_ms - spent_ms
         chosen, left_out = budget.select(model.costs, usable, rows, available, render_ms, sampled_rows)
         skipped = []
@@ -171,9 +175,12 @@ class Pipeline:
         rows = max(len(options.targets), 1)
         geometry = prepared.geometry
         sampled_rows = self._sampled_rows(model, usable, options, rows)
+        render_ms = self._render_ms(model, options, geometry.height * geometry.width)
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
-                                           geometry.height * geometry.width, sampled_rows)
+                                           render_ms, sampled_rows)
         skipped += over_budget
+        fits.check(model.costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
+                   model.methods)
         declared = {name: registry.get(name) for name in chosen}
         rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
         pixels = np.repeat(prepared.pixels[None], rows, axis=0)
