@@ -78,15 +78,18 @@ def summary(response: pb.ExplainResponse) -> str:
 def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods: Sequence[MethodLike] = (),
                   targets: Sequence[int] = (), top_k: int = 0, budget_ms: float = 0.0, raw: bool = False,
                   heatmap_png: bool = False, overlay_png: bool = False, request_id: str = "",
-                  sampling: pb.Sampling | dict[str, Any] | None = None) -> pb.ExplainRequest:
+                  sampling: pb.Sampling | dict[str, Any] | None = None,
+                  max_render_side: int = 0) -> pb.ExplainRequest:
     """An ExplainRequest. ``image``: encoded bytes, a file path, or an array-like [3, H, W] that is
     already preprocessed (sent as a float32 tensor). ``sampling``: the sampled methods' parameters,
-    e.g. ``{"samples": 50, "seed": 7}`` (see the proto's Sampling)."""
+    e.g. ``{"samples": 50, "seed": 7}`` (see the proto's Sampling). ``max_render_side``: the PNGs'
+    largest side (0: the server's cap)."""
     if isinstance(sampling, dict):
         sampling = pb.Sampling(**sampling)
     request = pb.ExplainRequest(model=model, methods=[method_value(m) for m in methods], targets=list(targets),
                                 top_k=top_k, budget_ms=budget_ms, raw=raw, heatmap_png=heatmap_png,
-                                overlay_png=overlay_png, request_id=request_id, sampling=sampling)
+                                overlay_png=overlay_png, request_id=request_id, sampling=sampling,
+                                max_render_side=max_render_side)
     if isinstance(image, bytes | bytearray | memoryview):
         request.image = bytes(image)
     elif isinstance(image, str | os.PathLike):

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the name (overlay.gradcam.3.png)")
     parser.add_argument("--heatmap", type=Path, help="grayscale heatmap PNG to write, named as --out (in a folder: "
                         "<image>.heatmap.png)")
+    parser.add_argument("--max-render-side", type=int, default=0, metavar="PX",
+                        help="largest side of the PNGs written, aspect ratio kept (default 0: the server's cap, "
+                             "2048 unless onnxcam serve --max-render-side says otherwise)")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds per image (default 30)")
     sampled = parser.add_argument_group("sampled methods (smoothgrad, smooth_gradcampp, integrated_gradients, "
                                         "occlusion); 0 = the server's default")
@@ -236,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             options = dict(model=model, methods=args.methods or [registry.DEFAULT[0]], targets=args.targets or [],
                            top_k=args.top_k, budget_ms=args.budget_ms, overlay_png=args.out is not None,
                            heatmap_png=args.heatmap is not None, raw=args.out is None and args.heatmap is None,
-                           sampling=_sampling(args))
+                           sampling=_sampling(args), max_render_side=args.max_render_side)
             if len(files) == 1:
                 response = client.explain(files[0], **options)
                 why = report(files[0], response, outputs[0], asked)
