@@ -21,6 +21,7 @@ from onnxcam import contract
 from onnxcam import methods as registry
 from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir, rpc_failure
 from onnxcam.cli_inputs import image_files, method_list, output_stems
+from onnxcam.preprocess import Spec, crop_box
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
@@ -139,56 +140,129 @@ def explain_photos(client, model: str, photos: list[Path], methods: list[str], o
             name = f"{stem}_{method.name}.png"
             # Gradient images (guided backpropagation...) are shown as the papers show them, not over the photo.
             (out / name).write_bytes(heatmap.heatmap_png if method.channels > 1 else heatmap.overlay_png)
-            overlays.append((method.title, heatmap.target_label, name))
+            overlays.append((method.title, heatmap.target_label, name, method.name))
         results.append({"photo": copy, "predictions": [(p.label, p.score) for p in response.predictions],
-                        "timing": t, "overlays": overlays})
+                        "timing": t, "overlays": overlays, "size": (response.image_height, response.image_width)})
     return results
 
 
+def shown_methods(results: list[dict]) -> list[str]:
+    """The methods that came back for some photo, in the order asked: one column each."""
+    names: list[str] = []
+    for result in results:
+        names += [name for *_, name in result["overlays"] if name not in names]
+    return [m.name for m in registry.METHODS if m.name in names]
+
+
+def jet_stops(count: int = 9) -> list[tuple[int, int, int]]:
+    """The overlay's colour ramp (the server's own), from 0 (cold) to 1 (hot)."""
+    import numpy as np
+
+    from server.heatmaps import jet, to_uint8
+
+    return [tuple(int(v) for v in c) for c in to_uint8(jet(np.linspace(0.0, 1.0, count, dtype=np.float32)))]
+
+
 def write_contact_sheet(out: Path, results: list[dict], tile: int = 160) -> Path:
-    """gallery.png: a row per photo, the photo then every method's picture, each titled: one image to
-    look at or share without a browser."""
+    """gallery.png: a row per photo, the photo then one column per method (empty where it was
+    skipped, so columns line up), each titled, and a colour bar: one image to look at or share
+    without a browser."""
     from PIL import Image, ImageDraw
 
-    caption = 14
-    columns = 1 + max(len(r["overlays"]) for r in results)
-    sheet = Image.new("RGB", (columns * tile, len(results) * (tile + caption)), "white")
+    caption, legend = 14, 34
+    methods = shown_methods(results)
+    columns = 1 + max(len(methods), 1)
+    sheet = Image.new("RGB", (columns * tile, len(results) * (tile + caption) + legend), "white")
     draw = ImageDraw.Draw(sheet)
     for row, result in enumerate(results):
-        cells = [(result["photo"], result["photo"])] + [(method, file) for method, _, file in result["overlays"]]
-        for column, (title, file) in enumerate(cells):
+        by_method = {name: (registry.get(name).title, file) for _, _, file, name in result["overlays"]}
+        cells = [(0, result["photo"], result["photo"])] + [(1 + methods.index(name), title, file)
+                                                            for name, (title, file) in by_method.items()]
+        for column, title, file in cells:
             with Image.open(out / file) as picture:
                 picture = picture.convert("RGB")
                 picture.thumbnail((tile, tile))
                 x, y = column * tile, row * (tile + caption)
                 sheet.paste(picture, (x + (tile - picture.width) // 2, y + caption + (tile - picture.height) // 2))
             draw.text((x + 3, y + 1), title[:24], fill="black")
+    top, stops = len(results) * (tile + caption) + 4, jet_stops(256)
+    for i, colour in enumerate(stops):
+        draw.line([(8 + i, top), (8 + i, top + 12)], fill=colour)
+    draw.text((8, top + 15), "0 cold", fill="black")
+    draw.text((8 + len(stops) - 30, top + 15), "1 hot", fill="black")
+    draw.text((8 + len(stops) + 12, top), "maps cover only the centre crop the model sees; outside it they are 0",
+              fill="black")
     path = out / "gallery.png"
     sheet.save(path, optimize=True)
     return path
 
 
-def write_index(out: Path, model: str, results: list[dict]) -> Path:
-    """One self-contained page: each photo, its top-5 and its heatmaps side by side."""
+def method_notes(methods: list[str]) -> str:
+    """One line per method shown: what its picture shows and what it costs in graph calls."""
+    items = "".join(f"<li><b>{html.escape(registry.get(n).title)}</b>: {html.escape(registry.get(n).shows)} "
+                    f"<small>({html.escape(registry.get(n).calls)})</small></li>" for n in methods)
+    return f"<ul class=notes>{items}</ul>"
+
+
+def colour_bar() -> str:
+    """The overlay's colour ramp as a CSS gradient, labelled."""
+    stops = ", ".join(f"rgb{colour}" for colour in jet_stops())
+    return (f'<div class=legend><span>0 (cold)</span><div class=bar style="background:linear-gradient(to right, '
+            f'{stops})"></div><span>1 (hot)</span> <small>each map is scaled to its own maximum: colours compare '
+            "areas within one map, not across maps</small></div>")
+
+
+def crop_outline(size: tuple[int, int], spec: Spec | None) -> str:
+    """A dashed box over the photo where the model looked (the centre crop), in percent of the photo."""
+    if spec is None or not all(size):
+        return ""
+    top, left, height, width = crop_box(size[0], size[1], spec)
+    h, w = size
+    return (f'<div class=crop style="top:{100 * top / h:.2f}%;left:{100 * left / w:.2f}%;'
+            f'height:{100 * height / h:.2f}%;width:{100 * width / w:.2f}%"></div>')
+
+
+def write_index(out: Path, model: str, results: list[dict], num_classes: int = 0, spec: Spec | None = None) -> Path:
+    """One self-contained page: what each method shows, a colour legend, then each photo (the crop the
+    model sees outlined), its top-5 and one cell per method, so rows line up."""
+    methods = shown_methods(results)
     rows = []
     for result in results:
         predictions = "".join(f"<li>{html.escape(label)} <b>{score:.1%}</b></li>"
                               for label, score in result["predictions"])
+        by_method = {name: (title, label, file) for title, label, file, name in result["overlays"]}
         cells = "".join(
-            f'<figure><img src="{html.escape(file)}"><figcaption>{html.escape(method)}<br>'
-            f"<small>{html.escape(label)}</small></figcaption></figure>" for method, label, file in result["overlays"])
+            f'<figure><img src="{html.escape(by_method[n][2])}"><figcaption>{html.escape(by_method[n][0])}<br>'
+            f"<small>{html.escape(by_method[n][1])}</small></figcaption></figure>" if n in by_method else
+            f"<figure class=skipped><div>skipped</div><figcaption>{html.escape(registry.get(n).title)}"
+            "</figcaption></figure>" for n in methods)
         t = result["timing"]
         rows.append(
-            f'<section><figure><img src="{html.escape(result["photo"])}"><figcaption>{html.escape(result["photo"])}'
+            f'<section><figure><div class=photo><img src="{html.escape(result["photo"])}">'
+            f'{crop_outline(result.get("size", (0, 0)), spec)}</div><figcaption>{html.escape(result["photo"])}'
             f"</figcaption></figure><div class=preds><ol>{predictions}</ol><small>server total {t.total_ms:.0f} ms "
             f"(inference {t.inference_ms:.0f} ms)</small></div>{cells}</section>")
+    classes = (f"The model knows ImageNet's {num_classes} classes only: a photo of anything else gets the nearest of "
+               "them, and a low top-1 score says so." if num_classes == 1000 else
+               f"The model knows {num_classes} classes only: a photo of anything else gets the nearest of them."
+               if num_classes else "")
+    crop = ("Every map covers only the centre crop the model sees (the dashed box on each photo: the shorter side "
+            f"resized to {spec.resize_shorter_side} px, then the centre {spec.crop[1]}x{spec.crop[0]}); outside it "
+            "the maps are 0." if spec else "Every map covers only the centre crop the model sees.")
     page = f"""<!doctype html>
 <meta charset="utf-8"><title>onnxcam demo: {html.escape(model)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} section{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start;
-border-bottom:1px solid #ddd;padding:1em 0}} figure{{margin:0;text-align:center}} img{{height:180px}}
-.preds{{width:16em}} ol{{padding-left:1.2em;margin:0}}</style>
-<h1>onnxcam demo</h1><p>Model <b>{html.escape(model)}</b>; heatmaps explain the top-1 class, computed by one
-ONNX Runtime call (the backward pass is inside the graph).</p>
+<style>body{{font-family:sans-serif;margin:2em}}
+section{{display:grid;grid-template-columns:repeat(auto-fill,200px);gap:1em;align-items:start;
+border-bottom:1px solid #ddd;padding:1em 0}} figure{{margin:0;text-align:center;width:200px}}
+img{{max-width:200px;max-height:180px;display:block;margin:auto}} .photo{{position:relative;display:inline-block}}
+.crop{{position:absolute;border:2px dashed #fff;outline:1px dashed #000;box-sizing:border-box}}
+.skipped div{{height:180px;display:flex;align-items:center;justify-content:center;background:#f4f4f4;color:#888}}
+.preds{{width:200px}} ol{{padding-left:1.2em;margin:0}} .notes li{{margin:.2em 0}}
+.legend{{display:flex;align-items:center;gap:.5em;margin:1em 0}} .bar{{width:240px;height:14px}}</style>
+<h1>onnxcam demo</h1><p>Model <b>{html.escape(model)}</b>; heatmaps explain the top-1 class. {html.escape(classes)}
+{html.escape(crop)}</p>
+{method_notes(methods)}
+{colour_bar()}
 {"".join(rows)}
 """
     index = out / "index.html"
@@ -215,12 +289,16 @@ def run(args: argparse.Namespace) -> int:
             wait_until_serving(client, server)
             say(f"server ready; explaining {len(photos)} photos with {', '.join(args.methods)}")
             try:
+                meta = client.metadata(args.model)
                 results = explain_photos(client, args.model, photos, args.methods, out)
             except grpc.RpcError as error:
                 raise rpc_failure(error, f"127.0.0.1:{port}") from None
     finally:
         stop_server(server)
-    index = write_index(out, args.model, results)
+    pre = meta.preprocess
+    spec = Spec(resize_shorter_side=pre.resize_shorter_side, crop=(pre.crop_height, pre.crop_width), scale=pre.scale,
+                mean=tuple(pre.mean), std=tuple(pre.std))
+    index = write_index(out, args.model, results, meta.num_classes, spec)
     sheet = write_contact_sheet(out, results)
     say(f"wrote {index} ({len(results)} photos); open it in a browser: file://{os.path.abspath(index)}")
     say(f"wrote {sheet}: every method on every photo in one picture")

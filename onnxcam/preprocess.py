@@ -155,6 +155,16 @@ def center_crop(array: np.ndarray, crop: tuple[int, int]) -> tuple[np.ndarray, i
     return out, top, left
 
 
+def crop_box(height: int, width: int, spec: Spec) -> tuple[float, float, float, float]:
+    """(top, left, height, width) of the part of a ``height`` x ``width`` image the model sees, in the
+    image's pixels: what a heatmap covers (outside it the maps are 0)."""
+    new_h, new_w = resized_size(height, width, spec.resize_shorter_side)
+    crop_h, crop_w = spec.crop
+    top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+    sy, sx = height / new_h, width / new_w
+    return top * sy, left * sx, crop_h * sy, crop_w * sx
+
+
 def normalize(array: np.ndarray, spec: Spec) -> np.ndarray:
     """Step 5: uint8 HWC -> float32 CHW, x * scale, then (x - mean) / std."""
     x = array.astype(np.float32) * np.float32(spec.scale)
