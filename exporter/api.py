@@ -168,6 +168,7 @@ def export(
     name: str | None = None,
     resize: int | None = None,
     source: dict[str, Any] | None = None,
+    weights: str | None = None,
     tolerance: float = export_check.TOLERANCE,
     input_gradients: bool = True,
 ) -> ExportReport:
@@ -177,7 +178,9 @@ def export(
     global pooling. Both graphs are checked against autograd on ``model`` before they replace
     anything in ``out_dir``; a failed check raises ExportError and leaves the folder as it was.
     ``resize`` is the shorter side before the center crop (default: input size * 256/224);
-    ``source`` adds facts (architecture, weights origin) to the recorded identity; ``tolerance``
+    ``source`` adds facts (architecture, weights origin) to the recorded identity; ``weights`` says
+    where the weights came from, recorded as model.json's ``weights`` so that a served model can say
+    it is untrained (``contract.WEIGHTS_RANDOM``, "random"); ``tolerance``
     is the largest relative error the check accepts. ``input_gradients=False`` leaves out
     input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided Grad-CAM): a backward
     pass through the whole network is the slowest graph to trace and export on deep networks.
@@ -263,6 +266,7 @@ def export(
             model_json = {
                 "format_version": FORMAT_VERSION,
                 "name": name,
+                "weights": weights or contract.WEIGHTS_UNSPECIFIED,
                 "input_size": [height, width],
                 "preprocess": preprocessing((height, width), resize, mean, std),
                 "labels": label_list,
@@ -314,5 +318,4 @@ def export(
         seconds=seconds,
         sizes_bytes={name: (out_dir / name).stat().st_size for name in temporaries.values()},
     )
-    log.info("%s", report.summary())
-    return report
+    return report  # the caller prints report.summary(): the CLI and `models build` print it once, on stdout

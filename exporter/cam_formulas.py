@@ -3,7 +3,7 @@
 These run inside the traced joint graph, so every op here ends up in explainer.onnx; the export
 check evaluates the same functions in float64 as the reference. Every method of kind GRAPH in
 onnxcam.methods has its function here under its name. Shapes: A, G are [N, K, h, w]; every map is
-[N, h, w], raw (before normalisation). Epsilons follow DESIGN.md (and pytorch-grad-cam).
+[N, h, w], raw (before normalisation). Epsilons follow docs/DESIGN.md (and pytorch-grad-cam).
 """
 
 from __future__ import annotations

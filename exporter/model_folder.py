@@ -7,13 +7,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxcam import contract
+from onnxcam import contract, preprocess
 
 FORMAT_VERSION = 1
 
 
 def preprocessing(input_size: tuple[int, int], resize: int | None, mean, std) -> dict[str, Any]:
-    """Resize the shorter side, center-crop to input_size, scale to [0, 1], then (x - mean) / std."""
+    """Resize the shorter side, center-crop to input_size, scale to [0, 1], then (x - mean) / std.
+
+    ``rules`` spells out what the numbers leave open (rounding, interpolation, EXIF, colour), so that
+    the graphs' ``onnxcam.preprocess`` metadata is enough to reimplement onnxcam.preprocess elsewhere.
+    """
     height, width = input_size
     return {
         "color": "RGB",
@@ -23,6 +27,7 @@ def preprocessing(input_size: tuple[int, int], resize: int | None, mean, std) ->
         "scale": 1.0 / 255.0,
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
+        "rules": dict(preprocess.RULES),
     }
 
 

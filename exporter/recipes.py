@@ -13,9 +13,11 @@ from onnxcam import contract
 
 log = logging.getLogger("onnxcam.exporter")
 
-RECIPE_FILE = "recipe.json"
+RECIPE_FILE = contract.RECIPE_FILE
 #: Bumped when how a recipe is built changes (labels, preprocessing rules): rebuilds every model.
-BUILD_RULES_VERSION = 4  # 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real activations; 3: Lite ReLU6
+#: 5: preprocess rules in model.json; 4: input_gradients.onnx, counterfactual Grad-CAM, CAM on real
+#: activations; 3: Lite ReLU6
+BUILD_RULES_VERSION = 5
 
 
 @dataclass
@@ -71,6 +73,7 @@ def build(recipe: Recipe) -> str:
         labels=labels, mean=spec.get("mean", (0.485, 0.456, 0.406)), std=spec.get("std", (0.229, 0.224, 0.225)),
         resize=spec.get("resize"), name=recipe.name,
         source={"arch": spec["arch"], "weights": spec.get("weights"), "recipe_sha256": recipe.digest},
+        weights=spec.get("weights") or contract.WEIGHTS_RANDOM,
     )
     return report.summary()
 

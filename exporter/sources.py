@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -131,7 +132,11 @@ def model_from_file(spec: str) -> nn.Module:
 
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a state dict (or a checkpoint holding one under 'state_dict'/'model') strictly."""
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"cannot read weights {weights} as a torch.save file: {first}") from error
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if key in state and isinstance(state[key], dict):

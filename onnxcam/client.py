@@ -6,6 +6,7 @@
         for p in response.predictions:
             print(p.label, p.score)
         open("overlay.png", "wb").write(response.heatmaps[0].overlay_png)
+        print(summary(response))  # top-k, heatmaps, skipped methods, timing: one readable block
 
 Errors arrive as ``grpc.RpcError`` with the server's status code and message
 (``error.code()``, ``error.details()``).
@@ -50,18 +51,45 @@ def method_name(value: int) -> str:
     return pb.Method.Name(value).lower() if value in pb.Method.values() else str(value)
 
 
+def format_timing(timing: pb.Timing) -> str:
+    """One line: where the server's time went (the protobuf's own str is one field per line)."""
+    return (f"decode {timing.decode_ms:.1f} ms, preprocess {timing.preprocess_ms:.1f} ms, queue {timing.queue_ms:.1f} "
+            f"ms, inference {timing.inference_ms:.1f} ms, postprocess {timing.postprocess_ms:.1f} ms, total "
+            f"{timing.total_ms:.1f} ms (batch of {timing.batch_rows} rows)")
+
+
+def format_skipped(skipped: pb.Skipped) -> str:
+    """``scorecam skipped (budget): needs about ...``: the method and reason by name, not enum numbers."""
+    reason = pb.Skipped.Reason.Name(skipped.reason).lower().replace("_", " ")
+    return f"{method_name(skipped.method)} skipped ({reason}): {skipped.detail}"
+
+
+def summary(response: pb.ExplainResponse) -> str:
+    """The response as a person reads it: predictions, heatmaps, skipped methods and timing, one per line."""
+    lines = [f"{response.model}: {response.timing.total_ms:.1f} ms on the server"]
+    lines += [f"{rank:3d}. {p.label:<30s} {p.score:8.4f}  (class {p.index}, logit {p.logit:.3f})"
+              for rank, p in enumerate(response.predictions, 1)]
+    lines += [f"heatmap {method_name(h.method)} for class {h.target} ({h.target_label})" for h in response.heatmaps]
+    lines += [format_skipped(s) for s in response.skipped]
+    lines.append(f"timing: {format_timing(response.timing)}")
+    return "\n".join(lines)
+
+
 def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods: Sequence[MethodLike] = (),
                   targets: Sequence[int] = (), top_k: int = 0, budget_ms: float = 0.0, raw: bool = False,
                   heatmap_png: bool = False, overlay_png: bool = False, request_id: str = "",
-                  sampling: pb.Sampling | dict[str, Any] | None = None) -> pb.ExplainRequest:
+                  sampling: pb.Sampling | dict[str, Any] | None = None,
+                  max_render_side: int = 0) -> pb.ExplainRequest:
     """An ExplainRequest. ``image``: encoded bytes, a file path, or an array-like [3, H, W] that is
     already preprocessed (sent as a float32 tensor). ``sampling``: the sampled methods' parameters,
-    e.g. ``{"samples": 50, "seed": 7}`` (see the proto's Sampling)."""
+    e.g. ``{"samples": 50, "seed": 7}`` (see the proto's Sampling). ``max_render_side``: the PNGs'
+    largest side (0: the server's cap)."""
     if isinstance(sampling, dict):
         sampling = pb.Sampling(**sampling)
     request = pb.ExplainRequest(model=model, methods=[method_value(m) for m in methods], targets=list(targets),
                                 top_k=top_k, budget_ms=budget_ms, raw=raw, heatmap_png=heatmap_png,
-                                overlay_png=overlay_png, request_id=request_id, sampling=sampling)
+                                overlay_png=overlay_png, request_id=request_id, sampling=sampling,
+                                max_render_side=max_render_side)
     if isinstance(image, bytes | bytearray | memoryview):
         request.image = bytes(image)
     elif isinstance(image, str | os.PathLike):

@@ -1,4 +1,4 @@
-"""Names shared by the exporter and the server: the explainer graph contract of DESIGN.md.
+"""Names shared by the exporter and the server: the explainer graph contract of docs/DESIGN.md.
 
 Kept free of torch so that the server can import it.
 """
@@ -13,9 +13,17 @@ FORWARD_FILE = "forward.onnx"
 #: guided backpropagation and Guided Grad-CAM. A graph of its own, so the explainer's cost never grows.
 INPUT_GRADIENTS_FILE = "input_gradients.onnx"
 MODEL_JSON = "model.json"
+#: A bundled model's recipe (committed); ``onnxcam models build`` exports the folder's graphs from it.
+RECIPE_FILE = "recipe.json"
 #: Weight [C, K] and bias [C] of the head when it is global-average-pool + linear (CAM and the
 #: closed form of Ablation-CAM need them; the server has no other way to the weights).
 CAM_LINEAR_FILE = "cam_linear.npz"
+
+#: model.json's ``weights`` (and the graphs' ``onnxcam.weights``) for a randomly initialised network:
+#: its predictions and heatmaps mean nothing. Other values say where trained weights came from.
+WEIGHTS_RANDOM = "random"
+#: model.json's ``weights`` when the exporter was not told (the Python API without ``weights=``).
+WEIGHTS_UNSPECIFIED = "unspecified"
 
 INPUT_PIXELS = "pixels"
 INPUT_TARGET = "target"

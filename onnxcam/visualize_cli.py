@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from onnxcam import class_model
+from onnxcam.cli_errors import CliError, check_writable_file, rpc_failure, write_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,17 +80,16 @@ def _remote(args: argparse.Namespace, options: class_model.Options) -> tuple[byt
 def run(args: argparse.Namespace) -> int:
     import grpc
 
+    check_writable_file(args.out, "--out")
     options = class_model.Options(steps=args.steps, learning_rate=args.lr, l2=args.l2, jitter=args.jitter,
                                   blur_sigma=args.blur_sigma, blur_every=args.blur_every, seed=args.seed)
     try:
         png, top1, label, probability = (_local if args.model_dir else _remote)(args, options)
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        raise rpc_failure(error, args.server) from None
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    args.out.write_bytes(png)
+        raise CliError(str(error)) from error
+    write_file(args.out, png, "--out")
     print(f"wrote {args.out}: class {args.target}, p = {probability:.4f}; the model's top-1 for it is "
           f"class {top1} ({label})")
     return 0

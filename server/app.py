@@ -7,8 +7,10 @@ larger message fails with RESOURCE_EXHAUSTED from gRPC itself, before the server
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from onnxcam.cli_errors import CliError
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
 from server.config import ServerConfig
@@ -98,13 +101,56 @@ class ExplainerServer:
         self.stop(0)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, before minutes of model loading, when ``host:port`` cannot be bound.
+
+    A probe socket with SO_REUSEADDR, as gRPC binds: a listener on the port refuses it, connections
+    of a previous server in TIME_WAIT do not. gRPC's own bind still decides; this only fails early.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise CliError(f"cannot resolve --host {host}: {error.strerror}", code=2) from error
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise CliError(f"port {port} on {host} is already in use (another `onnxcam serve`?): stop "
+                                   "that process or choose another --port (0 = any free port)") from error
+                if error.errno == errno.EACCES:
+                    raise CliError(f"no permission to listen on {host}:{port}: choose a --port above 1023") from error
+                # EADDRNOTAVAIL and friends (an IPv6 name without IPv6): gRPC binds what it can.
+
+
+def check_models_dir(models_dir: Path) -> None:
+    if not models_dir.exists():
+        raise CliError(f"--models {models_dir} does not exist: give the model repository (a folder of model "
+                       "folders, e.g. models) or one model folder", code=2)
+    if not models_dir.is_dir():
+        raise CliError(f"--models {models_dir} is a file, not a folder", code=2)
+
+
 def serve(models_dir: Path, config: ServerConfig) -> int:
-    """Load the repository and serve until SIGTERM or SIGINT; then drain and exit 0."""
+    """Load the repository and serve until SIGTERM or SIGINT; then drain and exit 0. Problems the
+    user can fix (a taken port, no model to serve) raise CliError before or instead of serving."""
+    models_dir = Path(models_dir)
+    check_models_dir(models_dir)
+    check_port_free(config.host, config.port)
     repository = load_repository(models_dir, config)
     if not repository.models:
-        log.error("no model could be loaded from %s; nothing to serve", models_dir)
-        return 1
-    server = ExplainerServer(repository, config).start()
+        reasons = "; ".join(f"{Path(folder).name}: {why}" for folder, why in repository.skipped.items())
+        raise CliError(f"no model to serve in {models_dir}: "
+                       + (reasons or "it holds no model folder (each has a model.json, or a recipe.json to build)"))
+    try:
+        server = ExplainerServer(repository, config).start()
+    except (OSError, RuntimeError) as error:
+        repository.close()
+        raise CliError(f"cannot listen on {config.host}:{config.port}: {error}") from error
     log.info("serving %s on %s (max batch %d, max delay %g ms, queue %d rows, %d workers)",
              ", ".join(sorted(repository.models)), server.address, config.max_batch, config.max_delay_ms,
              config.max_queue, config.workers)

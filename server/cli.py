@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-sampled-rows", type=int, default=DEFAULTS.max_sampled_rows,
                         help="graph rows the sampled methods (SmoothGrad, Integrated Gradients, occlusion...) of one "
                              f"request may cost, all targets together (default {DEFAULTS.max_sampled_rows})")
+    parser.add_argument("--max-render-side", type=int, default=DEFAULTS.max_render_side,
+                        help="largest side of the heatmap and overlay PNGs in pixels, aspect ratio kept (default "
+                             f"{DEFAULTS.max_render_side}; 0 = the original image size); raw maps are not scaled")
     parser.add_argument("--grace-s", type=float, default=DEFAULTS.grace_s,
                         help=f"seconds in-flight requests get after SIGTERM (default {DEFAULTS.grace_s:g})")
     parser.add_argument("--max-request-s", type=float, default=DEFAULTS.max_request_s,
@@ -80,18 +83,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         inter_op_threads=args.inter_op_threads, spin=args.spin, device=args.device,
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets,
-        max_sampled_rows=args.max_sampled_rows, grace_s=args.grace_s,
+        max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side, grace_s=args.grace_s,
         max_request_s=args.max_request_s, log_requests=args.log_requests)
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
+    from onnxcam.cli_errors import CliError
     from server.app import serve
 
     try:
         config = config_from_args(args)
     except ValueError as error:
-        logging.getLogger("onnxcam.server").error("%s", error)
-        return 2
+        raise CliError(str(error), code=2) from error
     return serve(args.models, config)

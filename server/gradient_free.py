@@ -3,7 +3,7 @@
 numpy and onnxruntime only (no torch). Every function takes the explainer run's outputs
 (activations A [N, K, h, w], logits, resolved targets [N]) plus a session on one of the
 exported graphs, and returns raw maps [N, h, w] at feature resolution, ReLU'd, before any
-display normalisation (DESIGN.md):
+display normalisation (docs/DESIGN.md):
 
 - Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y_c - y_c^(k)) / y_c, y_c^(k) the class score
   with channel k of A set to zero; map = ReLU(sum_k w_k A_k). Rows of masked copies of A go

@@ -74,6 +74,27 @@ def gradient_image(raw: np.ndarray) -> np.ndarray:
     return np.clip(g * np.float32(0.1) + np.float32(0.5), 0.0, 1.0)
 
 
+def render_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) of the pictures: the original size, scaled down (aspect kept) so that the
+    longer side is at most ``max_side`` (0: no limit)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def for_display(geometry: Geometry, rgb: np.ndarray, max_side: int) -> tuple[Geometry, np.ndarray]:
+    """The geometry and overlay background at the rendered size: the crop box scaled with the image,
+    the photo resized with Pillow's BILINEAR (antialiased) filter. Unchanged under the cap."""
+    height, width = render_size(geometry.height, geometry.width, max_side)
+    if (height, width) == (geometry.height, geometry.width):
+        return geometry, rgb
+    sy, sx = height / geometry.height, width / geometry.width
+    scaled = Geometry(height, width, geometry.box_top * sy, geometry.box_left * sx, geometry.box_height * sy,
+                      geometry.box_width * sx)
+    return scaled, np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
 def render(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap_png: bool,
            overlay_png: bool) -> tuple[bytes, bytes]:
     """The requested PNGs of one raw map: (heatmap or b"", overlay or b"").

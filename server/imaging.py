@@ -1,9 +1,9 @@
 """Image bytes or a tensor in, the model's input and the geometry that maps heatmaps back out.
 
-Preprocessing follows model.json (torchvision's Resize + CenterCrop + ToTensor + Normalize on a PIL
-image): RGB, shorter side resized with Pillow's bilinear filter, center crop (zero padding where the
-crop is larger), x * scale, (x - mean) / std, channels first. EXIF orientation is applied first, so
-"the original image" everywhere means the image as a viewer shows it.
+Decoding adds the server's limits (formats, sizes, decompression bombs); the preprocessing itself is
+onnxcam.preprocess, the public numpy + Pillow module an edge device runs too, so both make the same
+pixels. EXIF orientation is applied first, so "the original image" everywhere means the image as a
+viewer shows it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from onnxcam import preprocess as preprocessing
 from server.errors import invalid
 from server.model_info import Preprocess
 
@@ -41,17 +42,6 @@ class Prepared:
     geometry: Geometry
     #: The original image as uint8 [height, width, 3]: the overlay's background.
     rgb: np.ndarray
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow clips 16-bit values to 255 when converting; scale them instead.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(np.rint(array * 255.0 / top), 0, 255).astype(np.uint8), "L")
-    elif image.mode in ("P", "PA") and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
 
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
@@ -98,51 +88,25 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
-            try:
-                image = ImageOps.exif_transpose(image)
-            except (OSError, SyntaxError, ValueError, KeyError, TypeError):
-                pass  # an unreadable EXIF block: keep the stored orientation
-            return _to_rgb(image)
+            return preprocessing.upright_rgb(image)
     except Image.DecompressionBombError as error:
         raise invalid(f"image has too many pixels: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise invalid(f"{image.format} image is corrupt or truncated: {error}") from error
 
 
-def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """torchvision's Resize(int): the shorter side becomes ``shorter``, the longer one is truncated."""
-    if height <= width:
-        return shorter, max(1, int(shorter * width / height))
-    return max(1, int(shorter * height / width)), shorter
-
-
-def _center_crop(array: np.ndarray, crop: tuple[int, int]) -> tuple[np.ndarray, int, int]:
-    """torchvision's CenterCrop, zero-padding a side that is smaller than the crop."""
-    height, width = array.shape[:2]
-    crop_h, crop_w = crop
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
-    out = np.zeros((crop_h, crop_w, array.shape[2]), dtype=array.dtype)
-    src_top, src_left = max(top, 0), max(left, 0)
-    src_bottom, src_right = min(top + crop_h, height), min(left + crop_w, width)
-    out[src_top - top:src_bottom - top, src_left - left:src_right - left] = array[src_top:src_bottom,
-                                                                                  src_left:src_right]
-    return out, top, left
-
-
-def normalize(array: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """uint8 HWC -> float32 CHW: x * scale, then (x - mean) / std."""
-    x = array.astype(np.float32) * np.float32(preprocess.scale)
-    x = (x - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+#: Kept for callers of the server's names; the code is onnxcam.preprocess's.
+resized_size = preprocessing.resized_size
+normalize = preprocessing.normalize
 
 
 def prepare_image(image: Image.Image, preprocess: Preprocess) -> Prepared:
+    """onnxcam.preprocess's steps 3-5 on a decoded upright RGB image, plus where the crop came from."""
     rgb = np.asarray(image)
     height, width = rgb.shape[:2]
-    new_h, new_w = resized_size(height, width, preprocess.resize_shorter_side)
-    resized = image if (new_h, new_w) == (height, width) else image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    cropped, top, left = _center_crop(np.asarray(resized), preprocess.crop)
+    resized = preprocessing.resize(image, preprocess)
+    new_w, new_h = resized.size
+    cropped, top, left = preprocessing.center_crop(np.asarray(resized), preprocess.crop)
     scale_y, scale_x = height / new_h, width / new_w
     geometry = Geometry(height, width, top * scale_y, left * scale_x, preprocess.crop[0] * scale_y,
                         preprocess.crop[1] * scale_x)

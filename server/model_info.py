@@ -9,23 +9,15 @@ from typing import Any
 
 from onnxcam import contract
 from onnxcam import methods as registry
+from onnxcam import preprocess as preprocessing
 
 
 class ModelFolderError(Exception):
     """A model folder the server cannot serve; the repository logs it and skips the folder."""
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """RGB, resize the shorter side (bilinear), center crop, x * scale, (x - mean) / std, NCHW."""
-
-    resize_shorter_side: int
-    crop: tuple[int, int]
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    color: str = "RGB"
-    layout: str = "NCHW"
+#: The preprocessing numbers; the public onnxcam.preprocess runs them, here and on edge devices.
+Preprocess = preprocessing.Spec
 
 
 @dataclass(frozen=True)
@@ -67,26 +59,18 @@ def _file(folder: Path, name: str) -> Path:
 
 
 def _preprocess(data: dict[str, Any], input_size: tuple[int, int]) -> Preprocess:
-    color, layout = data.get("color", "RGB"), data.get("layout", "NCHW")
-    if color != "RGB" or layout != "NCHW":
-        raise ModelFolderError(f"preprocess {color}/{layout} is not supported (RGB/NCHW only)")
-    crop = tuple(int(v) for v in data.get("center_crop", input_size))
-    if crop != input_size:
-        raise ModelFolderError(f"center_crop {list(crop)} differs from input_size {list(input_size)}")
-    mean = tuple(float(v) for v in _require(data, "mean"))
-    std = tuple(float(v) for v in _require(data, "std"))
-    if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0:
-        raise ModelFolderError("preprocess mean and std need 3 values each, std non-zero")
-    resize = int(data.get("resize_shorter_side", min(input_size)))
-    if resize < min(input_size):
-        raise ModelFolderError(f"resize_shorter_side {resize} is smaller than the crop {list(crop)}")
-    return Preprocess(resize_shorter_side=resize, crop=crop, scale=float(data.get("scale", 1 / 255)),
-                      mean=mean, std=std)
+    try:
+        return preprocessing.spec_from_dict(data, input_size)
+    except preprocessing.SpecError as error:
+        raise ModelFolderError(str(error)) from error
 
 
 def load_model_info(folder: Path) -> ModelInfo:
     """Parse ``folder/model.json`` and check that the files it names exist."""
     folder = Path(folder)
+    if not (folder / contract.MODEL_JSON).exists() and (folder / contract.RECIPE_FILE).is_file():
+        raise ModelFolderError(f"not built yet: it holds {contract.RECIPE_FILE} but no {contract.MODEL_JSON}; run "
+                               f"`onnxcam models build --models {folder.parent} {folder.name}` (needs torch)")
     try:
         data = json.loads(_file(folder, contract.MODEL_JSON).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

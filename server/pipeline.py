@@ -19,7 +19,7 @@ from onnxcam import contract, sampling
 from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
-from server import budget, deadlines, heatmaps, imaging, methods, sampled
+from server import budget, deadlines, fits, heatmaps, imaging, methods, sampled
 from server.batcher import BatchResult
 from server.config import ServerConfig
 from server.errors import cancelled, deadline, invalid
@@ -41,6 +41,8 @@ class Options:
     overlay_png: bool
     #: The sampled methods' parameters, defaults filled in for the model's input size.
     sampling: sampling.Settings
+    #: Largest side of the PNGs: the request's when smaller than the server's cap; 0: none.
+    max_render_side: int = 0
 
 
 def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: ServerConfig) -> Options:
@@ -57,6 +59,9 @@ def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: Server
         raise invalid(f"top_k must be 0 (default {DEFAULT_TOP_K}) or positive, not {request.top_k}")
     if not math.isfinite(request.budget_ms) or request.budget_ms < 0:
         raise invalid(f"budget_ms must be 0 (no budget) or positive, not {request.budget_ms}")
+    if request.max_render_side < 0:
+        raise invalid(f"max_render_side must be 0 (the server's cap) or positive, not {request.max_render_side}")
+    caps = [side for side in (request.max_render_side, config.max_render_side) if side > 0]
     any_output = request.raw or request.heatmap_png or request.overlay_png
     requested = methods.requested(request.methods)
     return Options(
@@ -71,6 +76,7 @@ def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: Server
         sampling=(sampled.settings(request.sampling, *model.info.input_size)
                   if any(registry.get(m).kind is Kind.SAMPLED for m in requested)
                   else sampling.Settings().resolved(*model.info.input_size)),
+        max_render_side=min(caps) if caps else 0,
     )
 
 
@@ -128,12 +134,16 @@ class Pipeline:
                           "patch positions (a larger occlusion stride)")
         return needed
 
+    @staticmethod
+    def _render_ms(model: LoadedModel, options: Options, pixels: int) -> float:
+        """Estimated PNG/overlay drawing per map: only paid when pictures are asked for."""
+        outputs = options.heatmap_png or options.overlay_png
+        return model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
+
     def _budget(self, model: LoadedModel, usable: list[str], options: Options, rows: int, spent_ms: float,
-                pixels: int, sampled_rows: dict[str, int]) -> tuple[list[str], list[pb.Skipped]]:
+                render_ms: float, sampled_rows: dict[str, int]) -> tuple[list[str], list[pb.Skipped]]:
         if not options.budget_ms or not usable:
             return usable, []
-        outputs = options.heatmap_png or options.overlay_png
-        render_ms = model.costs.render_ms_per_mpixel * pixels / 1e6 if outputs else 0.0
         available = options.budget_ms - spent_ms
         chosen, left_out = budget.select(model.costs, usable, rows, available, render_ms, sampled_rows)
         skipped = []
@@ -171,9 +181,13 @@ class Pipeline:
         rows = max(len(options.targets), 1)
         geometry = prepared.geometry
         sampled_rows = self._sampled_rows(model, usable, options, rows)
+        render_ms = self._render_ms(model, options, math.prod(heatmaps.render_size(
+            geometry.height, geometry.width, options.max_render_side)))
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
-                                           geometry.height * geometry.width, sampled_rows)
+                                           render_ms, sampled_rows)
         skipped += over_budget
+        fits.check(model.costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
+                   model.methods)
         declared = {name: registry.get(name) for name in chosen}
         rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
         pixels = np.repeat(prepared.pixels[None], rows, axis=0)
@@ -247,6 +261,8 @@ class Pipeline:
     def _heatmaps(response: pb.ExplainResponse, model: LoadedModel, chosen: list[str], maps: dict[str, np.ndarray],
                   targets: np.ndarray, prepared: imaging.Prepared, options: Options,
                   stats: dict[str, list[dict[str, float]]]) -> None:
+        if options.heatmap_png or options.overlay_png:
+            shown, background = heatmaps.for_display(prepared.geometry, prepared.rgb, options.max_render_side)
         for name in chosen:
             for row, target in enumerate(targets):
                 raw = maps[name][row]
@@ -258,6 +274,6 @@ class Pipeline:
                     if raw.ndim == 3:
                         heatmap.raw.channels = int(raw.shape[0])
                     heatmap.raw.values.extend(raw.ravel().tolist())
-                gray, overlay = heatmaps.render(raw, prepared.geometry, prepared.rgb,
-                                                heatmap_png=options.heatmap_png, overlay_png=options.overlay_png)
-                heatmap.heatmap_png, heatmap.overlay_png = gray, overlay
+                if options.heatmap_png or options.overlay_png:
+                    heatmap.heatmap_png, heatmap.overlay_png = heatmaps.render(
+                        raw, shown, background, heatmap_png=options.heatmap_png, overlay_png=options.overlay_png)

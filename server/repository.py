@@ -38,8 +38,9 @@ class Repository:
 
 
 def model_folders(root: Path) -> list[Path]:
-    """``root`` itself when it is a model folder, else its sub-folders (hidden ones excluded)."""
-    if (root / contract.MODEL_JSON).is_file():
+    """``root`` itself when it is a model folder (built, or only its recipe), else its sub-folders
+    (hidden ones excluded)."""
+    if (root / contract.MODEL_JSON).is_file() or (root / contract.RECIPE_FILE).is_file():
         return [root]
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -65,6 +66,9 @@ def load_repository(root: Path, config: ServerConfig) -> Repository:
             repository.skipped[str(folder)] = f"unexpected error: {error}"
             continue
         repository.models[info.name] = model
+        if info.raw.get("weights") == contract.WEIGHTS_RANDOM:
+            log.warning("%s has RANDOM weights (exported from an architecture without --weights): its predictions "
+                        "and heatmaps mean nothing", info.name)
         off = ", ".join(f"{m} ({d})" for m, (reason, d) in model.unavailable.items()
                         if reason == pb.Skipped.NOT_AVAILABLE)
         log.info("loaded %s from %s: %d classes, input %s, methods %s, providers %s; costs ms %s%s", info.name, folder,

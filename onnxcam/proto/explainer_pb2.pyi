@@ -89,7 +89,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "image", "tensor", "methods", "targets", "top_k", "budget_ms", "raw", "heatmap_png", "overlay_png", "request_id", "sampling")
+    __slots__ = ("model", "image", "tensor", "methods", "targets", "top_k", "budget_ms", "raw", "heatmap_png", "overlay_png", "request_id", "sampling", "max_render_side")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class ExplainRequest(_message.Message):
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_RENDER_SIDE_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     tensor: Tensor
@@ -114,7 +115,8 @@ class ExplainRequest(_message.Message):
     overlay_png: bool
     request_id: str
     sampling: Sampling
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., targets: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., budget_ms: _Optional[float] = ..., raw: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., request_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    max_render_side: int
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., targets: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., budget_ms: _Optional[float] = ..., raw: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., request_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_render_side: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("index", "label", "score", "logit")
