@@ -19,11 +19,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = ["overhead", "gradient_free", "input_gradients", "sampled", "edge_runtimes", "server_load",
-           "batch_scaling"]
-#: Benchmarks that only make sense next to the peer library (grad-cam, captum, torchcam, openvino: the dev
-#: extra), so without it they are skipped, not failed.
+           "batch_scaling", "evaluate"]
+#: Benchmarks that only make sense next to the peer library (grad-cam, captum, torchcam, openvino: the dev extra), so
+#: without it they are skipped, not failed.
 REQUIRES = {"gradient_free": "pytorch_grad_cam", "input_gradients": "captum", "sampled": "captum",
-            "edge_runtimes": "openvino"}
+            "edge_runtimes": "openvino", "evaluate": "quantus"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The sampled methods (SmoothGrad, guided SmoothGrad, Smooth Grad-CAM++, Integrated Gradients,
 occlusion) against their reference libraries, measured side by side.
 
-    python bench/sampled.py [--quick] [--threads N] [--repeats R] [--models ...]
+    python bench/sampled.py [--quick] [--threads N] [--repeats R] [--models ...] [--methods ...] [--resume]
 
 Per model and method, one image (the demo's cat photo) and its top-1 class, from a preprocessed
 tensor to the raw map: onnxcam.sampling.run_local over a plain ONNX Runtime session of the method's
@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -39,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import interleaved, median_ms, session, write_json  # noqa: E402
+from common import RESULTS_DIR, interleaved, median_ms, session, write_json  # noqa: E402
 from gradient_free import photo  # noqa: E402
 from overhead import exported  # noqa: E402
 
@@ -207,9 +209,10 @@ def relative(ours: np.ndarray, theirs: np.ndarray) -> float:
 
 def fastest(candidates: list, make, label: str, warmup: bool) -> tuple[object, dict[str, float], np.ndarray]:
     """The candidate batch whose function ``make(candidate)`` runs fastest, timed once each (after one
-    warm-up run of the first, if ``warmup``); every candidate's time (ms), and the fastest one's map."""
+    warm-up run of the last, the largest batch, if ``warmup``); every candidate's time (ms), and the
+    fastest one's map."""
     if warmup:
-        make(candidates[0])()
+        make(candidates[-1])()
     times, outputs = {}, {}
     for candidate in candidates:
         function = make(candidate)
@@ -236,7 +239,9 @@ def reference_batches(method: str, settings: sampling.Settings, rows: int, batch
 
 
 def compare(arch: str, threads: int, repeats: int, settings: sampling.Settings, batches: tuple[int, ...],
-            methods: list[str], warmup: bool = True, check_float64: bool = True) -> list[dict]:
+            methods: list[str], warmup: bool = True, check_float64: bool = True,
+            done: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """The rows of ``methods`` on model ``arch``; ``done`` gets each row as soon as it is measured."""
     import torch
 
     torch.set_num_threads(threads)
@@ -252,16 +257,14 @@ def compare(arch: str, threads: int, repeats: int, settings: sampling.Settings, 
     used = settings.resolved(*pixels.shape[1:])
     baseline = sampling.baseline_pixels(used, tuple(preprocess["mean"]), tuple(preprocess["std"]), pixels.shape)
     noise = noise_batch(pixels, used)
-    graphs = {}
     rows = []
     print(f"  {arch}: class {target}, {threads} threads, {used.samples} samples, {used.steps} steps, patch "
           f"{used.patch} stride {used.stride}", flush=True)
     for method in methods:
         kind = sampling.SAMPLERS[method]
         graph_file = sampling.GRAPH_FILES[kind.graph]
-        if graph_file not in graphs:
-            graphs[graph_file] = session(folder / graph_file, threads)
-        graph = graphs[graph_file]
+        # a session per method: its memory arena, grown to the largest chunk tried, goes with it
+        graph = session(folder / graph_file, threads)
         count = kind.rows_per_target(used, *pixels.shape[1:])
         # ours adds two rows to Integrated Gradients' path (S at both ends, for the completeness gap)
         reference_rows = used.steps if method == "integrated_gradients" else count
@@ -323,6 +326,7 @@ def compare(arch: str, threads: int, repeats: int, settings: sampling.Settings, 
         print(f"  {arch:<18} {method:<20} forward {f:7.1f} ms | ours {o:8.1f} ms ({o / f:5.1f}x forward, chunk "
               f"{chunk}) | reference {r:8.1f} ms (batch {batch}) | {r / o:5.2f}x faster | {extra}", flush=True)
         rows.append(row)
+        done(row)
     return rows
 
 
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--methods", nargs="*", choices=METHODS)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of the results file already written, measure only the missing ones")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's guided backprop, every call
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
@@ -340,13 +346,25 @@ def main(argv: list[str] | None = None) -> dict:
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
     batches = QUICK_BATCHES if args.quick else FULL_BATCHES
     methods = args.methods or METHODS
-    print(f"sampled methods vs Captum / torchcam ({args.threads} threads, median of {repeats} interleaved runs)")
-    rows = [row for arch in models
-            for row in compare(arch, args.threads, repeats, settings, batches, methods, warmup=not args.quick,
-                               check_float64=not args.quick)]
+    name = "sampled" + ("-quick" if args.quick else "")
     payload = {"threads": args.threads, "repeats": repeats, "settings": dataclasses.asdict(settings),
-               "batches_tried": list(batches), "rows": rows}
-    print(f"wrote {write_json('sampled' + ('-quick' if args.quick else ''), payload)}")
+               "batches_tried": list(batches), "rows": []}
+    previous = RESULTS_DIR / f"{name}.json"
+    if args.resume and previous.exists():
+        payload["rows"] = json.loads(previous.read_text())["rows"]
+    measured = {(row["model"], row["method"]) for row in payload["rows"]}
+
+    def done(row: dict) -> None:  # written after every row: a run of many minutes may be cut short
+        payload["rows"].append(row)
+        write_json(name, payload)
+
+    print(f"sampled methods vs Captum / torchcam ({args.threads} threads, median of {repeats} interleaved runs)")
+    for arch in models:
+        missing = [method for method in methods if (arch, method) not in measured]
+        if missing:
+            compare(arch, args.threads, repeats, settings, batches, missing, warmup=not args.quick,
+                    check_float64=not args.quick, done=done)
+    print(f"wrote {write_json(name, payload)}")
     return payload
 
 

@@ -21,11 +21,22 @@ from typing import TextIO
 from onnxcam import methods as registry
 from onnxcam import metrics
 
+DESCRIPTION = """How faithful and how well placed each method's maps are on your images: Average Drop, Increase in
+Confidence, deletion/insertion AUC, pointing game, energy pointing game and localisation IoU, per
+method and for a random and a centred-Gaussian baseline map.
+
+    onnxcam evaluate --models models --model efficientnet_lite0 --images photos/ --annotations boxes.csv \\
+        --methods gradcam,gradcampp,layercam --out report/
+
+Needs no torch: the maps come from an explainer server started here on the model folder (or a running
+one, --server), the scores from forward.onnx in ONNX Runtime. Writes REPORT_DIR/metrics.json and
+REPORT_DIR/index.html and prints the summary table."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="measure methods' maps: Average Drop, deletion/insertion, pointing game, localisation",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("models"),
                         help="model repository or model folder (default models/); not needed with --server")
     parser.add_argument("--model", help="model name (default: the only model there)")

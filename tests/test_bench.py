@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_quick_benchmarks_run_and_write_results() -> None:
+def test_quick_benchmarks_run_and_write_results(default_model_built: Path) -> None:
     # A session of its own: on a timeout the benchmark run.py started (and its model builds) die with it,
     # instead of running on beside the next tests.
     process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "run.py"), "--quick"], cwd=ROOT,

@@ -103,7 +103,8 @@ def test_a_usage_error_is_one_error_line():
 
 
 @pytest.mark.parametrize("command", [(), ("export",), ("models",), ("models", "build"), ("serve",), ("explain",),
-                                     ("visualize-class",), ("demo",)])
+                                     ("visualize-class",), ("demo",), ("evaluate",),
+                                     ("sanity-check",)])
 def test_help_has_no_docstring_markup(command):
     result = onnxcam(*command, "--help")
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_demo_explains_the_cat(tmp_path: Path) -> None:
+def test_demo_explains_the_cat(tmp_path: Path, default_model_built: Path) -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     out = tmp_path / "demo"
     result = subprocess.run(
