@@ -17,11 +17,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from onnxcam.cli_errors import CliError
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
+from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
+from server import open_inference, reflection
 from server.config import ServerConfig
 from server.pipeline import Pipeline
 from server.repository import Repository, load_repository
@@ -30,6 +32,8 @@ from server.service import ExplainerService
 log = logging.getLogger("onnxcam.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+#: Every service health checking reports on, by name (besides the server as a whole, "").
+SERVICES = (SERVICE_NAME, open_inference.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -51,11 +55,13 @@ class ExplainerServer:
         self.health = health.HealthServicer()
         self._server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
                                    options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+        # The Open Inference Protocol (KServe v2) on the same port: Triton's and KServe's clients call it.
+        self.open_inference = open_inference.OpenInferenceService(
+            self.pipeline, is_ready=lambda: self._stopping is None, workers=config.workers)
         pb_grpc.add_ExplainerServicer_to_server(self.service, self._server)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(self.open_inference, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self._server)
+        reflection.enable(SERVICES + (grpc_reflection.SERVICE_NAME,), self._server)
         self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
         if not self.port:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
@@ -68,7 +74,7 @@ class ExplainerServer:
 
     def start(self) -> ExplainerServer:
         self._server.start()
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, open_inference.SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
@@ -89,6 +95,7 @@ class ExplainerServer:
         if not self._released:
             self._released = True
             self.service.close()
+            self.open_inference.close()
             self.repository.close()
 
     def wait(self) -> None:

@@ -1,6 +1,6 @@
 """The serving side runs where torch does not exist: a subprocess whose import system refuses torch
-imports every server module, builds the ``onnxcam`` parser, serves an exported model over gRPC and
-answers an Explain through the client."""
+(and tritonclient, a test-only client the server never needs) imports every server module, builds the
+``onnxcam`` parser, serves an exported model over gRPC and answers an Explain through the client."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SCRIPT = r'''
 import importlib, importlib.abc, io, json, pkgutil, sys
 from pathlib import Path
 
-BLOCKED = ("torch", "torchvision", "torchaudio", "functorch")
+BLOCKED = ("torch", "torchvision", "torchaudio", "functorch", "tritonclient")
 
 
 class NoTorch(importlib.abc.MetaPathFinder):
@@ -75,7 +75,7 @@ def test_server_serves_without_torch(tiny_model_dir):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["torch_loaded"] == []
-    assert {"server.app", "server.pipeline", "server.cli"} <= set(report["modules"])
+    assert {"server.app", "server.pipeline", "server.cli", "server.open_inference"} <= set(report["modules"])
     assert report["predictions"] == 5 and report["overlay_bytes"] > 0
     assert report["heatmaps"][0] == 3  # GRADCAM; SCORECAM too unless server.gradient_free is absent
     assert len(report["heatmaps"]) + len(report["skipped"]) == 2

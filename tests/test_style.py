@@ -21,6 +21,7 @@ def test_ruff_clean() -> None:
 
 
 def test_server_sources_never_import_torch() -> None:
-    pattern = re.compile(r"^\s*(import torch|from torch)", re.MULTILINE)
+    # tritonclient is a test-only client: the server speaks its protocol with its own stubs
+    pattern = re.compile(r"^\s*(import torch|from torch|import tritonclient|from tritonclient)", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "server").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
