@@ -33,12 +33,38 @@ def _register_models(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--models", default="models", help="model repository (default: models)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("names", nargs="*", help="only these models")
+    _add_triton_arguments(build)
     build.set_defaults(handler=run_models_build)
+
+
+def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--triton-repo", metavar="DIR", type=Path,
+                        help="also write a Triton model repository: DIR/<name>/config.pbtxt + 1/model.onnx, and the "
+                             "head, forward and input-gradient graphs as <name>_head, <name>_forward, "
+                             "<name>_input_gradients")
+    parser.add_argument("--triton-max-batch", type=int, default=8, metavar="N",
+                        help="max_batch_size of the Triton configs (default 8)")
+
+
+def write_triton_repo(model_folder: Path, args: argparse.Namespace) -> None:
+    """``--triton-repo``: the Triton models of an exported folder, one line each."""
+    if args.triton_repo is None:
+        return
+    from onnxcam.triton_repo import TritonRepoError, write
+
+    if args.triton_max_batch < 1:
+        raise CliError(f"--triton-max-batch must be 1 or more, not {args.triton_max_batch}", code=2)
+    check_writable_dir(args.triton_repo, "--triton-repo")
+    try:
+        for folder in write(model_folder, args.triton_repo, max_batch_size=args.triton_max_batch):
+            print(f"triton: {folder}", file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+    except TritonRepoError as error:
+        raise CliError(str(error)) from error
 
 
 def run_models_build(args: argparse.Namespace) -> int:
     from exporter import ExportError
-    from exporter.recipes import build_all
+    from exporter.recipes import build_all, find_recipes
 
     models = Path(args.models)
     if not models.is_dir():
@@ -48,6 +74,9 @@ def run_models_build(args: argparse.Namespace) -> int:
             print(line)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
+    for recipe in find_recipes(models):
+        if not args.names or recipe.name in args.names:
+            write_triton_repo(recipe.folder, args)
     return 0
 
 
@@ -82,6 +111,7 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
                         help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
                              "Grad-CAM): faster exports of deep networks, a smaller folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_triton_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -108,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as error:
         raise CliError(str(error), code=2) from error
     check_writable_dir(Path(args.out), "--out")
+    if args.triton_repo is not None:
+        check_writable_dir(args.triton_repo, "--triton-repo")  # before minutes of exporting
     require_export_extra("onnxcam export")
     origin = weights_origin(args.arch, args.model_file, args.weights)
     if origin == contract.WEIGHTS_RANDOM:
@@ -137,4 +169,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         random = "; RANDOM WEIGHTS (see the warning above)" if origin == contract.WEIGHTS_RANDOM else ""
         print(report.summary() + random)
+    write_triton_repo(Path(args.out), args)
     return 0

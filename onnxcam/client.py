@@ -102,6 +102,30 @@ def build_request(image: bytes | str | os.PathLike | Any, model: str, *, methods
     return request
 
 
+def heatmap_pngs(raw: Any, image: bytes | str | os.PathLike | Any, model: Any, *, heatmap_png: bool = True,
+                 overlay_png: bool = False, max_render_side: int | None = None) -> tuple[bytes, bytes]:
+    """The (heatmap, overlay) PNGs ``onnxcam serve`` returns, made from a raw map computed elsewhere: a row
+    of ``cam_gradcam`` (or any map output) of the explainer served by Triton or KServe from
+    ``--triton-repo``, or of a local ONNX Runtime session. ReLU, min-max normalisation and bilinear
+    upsampling through the centre crop onto ``image`` (bytes, a path or a PIL image: the photo that was
+    preprocessed). ``model``: its model folder, one of its graphs (e.g. Triton's model.onnx) or a
+    preprocess Spec. ``max_render_side``: the PNGs' largest side (default: the server's default cap;
+    0: the original size). The server's own numpy + Pillow code draws them (no torch), so the bytes
+    equal Explain's for the same map."""
+    import numpy as np
+
+    from onnxcam import preprocess
+    from server import heatmaps, imaging
+    from server.config import ServerConfig
+
+    spec = model if isinstance(model, preprocess.Spec) else preprocess.read_spec(model)
+    prepared = imaging.prepare_image(preprocess.open_image(image), spec)
+    cap = ServerConfig().max_render_side if max_render_side is None else max_render_side
+    shown, background = heatmaps.for_display(prepared.geometry, prepared.rgb, cap)
+    return heatmaps.render(np.asarray(raw, np.float32), shown, background, heatmap_png=heatmap_png,
+                           overlay_png=overlay_png)
+
+
 class ExplainerClient:
     """One channel to a server; thread-safe, cheap to share. ``timeout`` (seconds) is the default deadline."""
 
