@@ -21,7 +21,7 @@ from onnxcam import contract
 from onnxcam import methods as registry
 from onnxcam.cli_errors import EXPORT_EXTRA_HINT, CliError, check_writable_dir, rpc_failure
 from onnxcam.cli_inputs import image_files, method_list, output_stems
-from onnxcam.preprocess import Spec, crop_box
+from onnxcam.preprocess import Spec, crop_box, spec_from_message
 
 DEFAULT_MODEL = "efficientnet_lite0"
 #: The gallery shows every method that takes milliseconds, not seconds, per photo on a CPU.
@@ -295,9 +295,7 @@ def run(args: argparse.Namespace) -> int:
                 raise rpc_failure(error, f"127.0.0.1:{port}") from None
     finally:
         stop_server(server)
-    pre = meta.preprocess
-    spec = Spec(resize_shorter_side=pre.resize_shorter_side, crop=(pre.crop_height, pre.crop_width), scale=pre.scale,
-                mean=tuple(pre.mean), std=tuple(pre.std))
+    spec = spec_from_message(meta.preprocess)
     index = write_index(out, args.model, results, meta.num_classes, spec)
     sheet = write_contact_sheet(out, results)
     say(f"wrote {index} ({len(results)} photos); open it in a browser: file://{os.path.abspath(index)}")

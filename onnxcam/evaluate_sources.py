@@ -19,8 +19,9 @@ import numpy as np
 
 from onnxcam import contract, metrics
 from onnxcam.client import ExplainerClient, method_name
+from onnxcam.preprocess import Spec, spec_from_message
 from onnxcam.proto import explainer_pb2 as pb
-from server.model_info import ModelFolderError, Preprocess, load_model_info
+from server.model_info import ModelFolderError, load_model_info
 
 
 class SourceError(RuntimeError):
@@ -36,7 +37,7 @@ class ModelView:
     input_size: tuple[int, int]
     #: The target layer's h x w (the random baseline map's size).
     feature_size: tuple[int, int]
-    preprocess: Preprocess
+    preprocess: Spec
     #: Methods the server computes for this model.
     methods: tuple[str, ...]
 
@@ -47,9 +48,7 @@ class ModelView:
 
 def model_view(client: ExplainerClient, model: str) -> ModelView:
     meta = client.metadata(model)
-    p = meta.preprocess
-    preprocess = Preprocess(resize_shorter_side=p.resize_shorter_side, crop=(p.crop_height, p.crop_width),
-                            scale=p.scale, mean=tuple(p.mean), std=tuple(p.std))
+    preprocess = spec_from_message(meta.preprocess)
     return ModelView(meta.name, tuple(meta.labels), (meta.input_height, meta.input_width),
                      tuple(meta.activation_shape[1:3]), preprocess, tuple(method_name(m) for m in meta.methods))
 

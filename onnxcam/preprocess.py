@@ -89,6 +89,13 @@ def spec_from_dict(data: dict[str, Any], input_size: tuple[int, int] | None = No
                 mean=mean, std=std)  # type: ignore[arg-type]
 
 
+def spec_from_message(message: Any) -> Spec:
+    """A Spec from GetModelMetadata's ``preprocess`` (an ``onnxcam.v1.Preprocess`` message): what a
+    client of a running server preprocesses with."""
+    return Spec(resize_shorter_side=message.resize_shorter_side, crop=(message.crop_height, message.crop_width),
+                scale=message.scale, mean=tuple(message.mean), std=tuple(message.std))  # type: ignore[arg-type]
+
+
 def read_spec(source: str | Path) -> Spec:
     """The Spec of a model folder (its model.json) or of one of its .onnx graphs (the
     ``onnxcam.preprocess`` metadata entry, which every exported graph carries)."""
