@@ -19,6 +19,11 @@ RESULTS_DIR = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 #: The model the server benchmarks use: the default model of `onnxcam demo`, with real weights.
 DEFAULT_MODEL_DIR = ROOT / "models" / "efficientnet_lite0"
+#: Where benchmark exports are kept between runs, shared by every script (an export takes minutes).
+CACHE = Path(__file__).parent / ".cache"
+#: --quick only proves the harness runs: every quick script shares one small export (resnet18 at this size),
+#: so CI pays for one export, not one per script.
+QUICK_SIZE = 48
 
 
 def machine() -> dict:

@@ -46,9 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_MODEL_DIR, ensure_model, image_batch, interleaved, median_ms, session, write_json  # noqa: E402
+from common import CACHE, DEFAULT_MODEL_DIR, ensure_model, image_batch, interleaved, median_ms, session, write_json  # noqa: E402
 
-CACHE = Path(__file__).parent / ".cache"
 RESNET50_DIR = CACHE / "resnet50-224"
 GRAPHS = ["explainer.onnx", "forward.onnx"]
 SHOWN = ["logits", "gradients", "cam_gradcam"]

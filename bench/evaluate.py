@@ -35,14 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import DEFAULT_MODEL_DIR, ensure_model, session, write_json  # noqa: E402
+from common import CACHE, DEFAULT_MODEL_DIR, ensure_model, session, write_json  # noqa: E402
 
 from onnxcam import annotations, contract, metrics  # noqa: E402
 from onnxcam.evaluate_maps import prepare  # noqa: E402
 from server import imaging  # noqa: E402
 from server.model_info import load_model_info  # noqa: E402
 
-CACHE = Path(__file__).parent / ".cache"
 DEMO_PHOTOS = Path(__file__).resolve().parent.parent / "onnxcam" / "demo_photos"
 
 
@@ -67,13 +66,13 @@ def photos(count: int) -> tuple[Path, list[annotations.Item]]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 images, 20 steps")
+    parser.add_argument("--quick", action="store_true", help="1 image, 10 steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--images", type=int)
     parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    count = args.images or (2 if args.quick else 8)
-    steps = args.steps or (20 if args.quick else metrics.DEFAULT_STEPS)
+    count = args.images or (1 if args.quick else 8)
+    steps = args.steps or (10 if args.quick else metrics.DEFAULT_STEPS)
 
     import torch
     from metric_references import RiseCausalMetric, rise_blur, softmax_model

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, machine, session  # noqa: E402
+from common import CACHE, QUICK_SIZE, RESULTS_DIR, machine, session  # noqa: E402
 
 from exporter import export  # noqa: E402
 from exporter.identity import state_dict_sha256  # noqa: E402
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-r-study", action="store_true", help="only the top_r accuracy study")
     parser.add_argument("--forward-throughput", action="store_true",
                         help="only plain forwards per image, ORT against torch, alternating (a few minutes)")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "onnxcam-bench",
+    parser.add_argument("--cache", type=Path, default=CACHE,
                         help="where exported model folders are kept between runs")
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
     args = parser.parse_args(argv)
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     models = args.models or (["resnet18"] if args.quick else ["resnet50", "vgg16"])
-    size = args.size or (48 if args.quick else 224)
+    size = args.size or (QUICK_SIZE if args.quick else 224)
     if args.forward_throughput:
         results = [forward_throughput(arch, size, args.threads, args.cache, args.repeats) for arch in models]
         out = args.out or RESULTS_DIR / "gradient-free-forwards.json"

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import image_batch, interleaved, median_ms, session, write_json  # noqa: E402
+from common import QUICK_SIZE, image_batch, interleaved, median_ms, session, write_json  # noqa: E402
 from overhead import exported  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
@@ -48,15 +48,15 @@ def captum_attribution(model, layer, method: str, pixels: np.ndarray, target: in
     return GuidedGradCam(model, layer).attribute(tensor, target=target, interpolate_mode="bilinear").detach().numpy()
 
 
-def compare(arch: str, threads: int, repeats: int) -> list[dict]:
+def compare(arch: str, threads: int, repeats: int, size: int = 224) -> list[dict]:
     import torch
 
     torch.set_num_threads(threads)
-    model, folder, info = exported(arch, 224)
+    model, folder, info = exported(arch, size)
     layer = model.get_submodule(info["target_layer"])
     graph = session(folder / contract.INPUT_GRADIENTS_FILE, threads)
     forward = session(folder / contract.FORWARD_FILE, threads)
-    pixels = image_batch(1, 224, seed=1)
+    pixels = image_batch(1, size, seed=1)
     (logits,) = forward.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: pixels})
     target = int(logits[0].argmax())
     rows = []
@@ -81,7 +81,7 @@ def compare(arch: str, threads: int, repeats: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="resnet18 only, few repeats")
+    parser.add_argument("--quick", action="store_true", help=f"resnet18 at {QUICK_SIZE} px, few repeats")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--models", nargs="*")
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
     repeats = args.repeats or (3 if args.quick else 15)
     print(f"input-gradient methods vs Captum ({args.threads} threads, median of {repeats} interleaved runs)")
-    rows = [row for arch in models for row in compare(arch, args.threads, repeats)]
+    rows = [row for arch in models for row in compare(arch, args.threads, repeats,
+                                                                     QUICK_SIZE if args.quick else 224)]
     payload = {"threads": args.threads, "repeats": repeats, "rows": rows}
     print(f"wrote {write_json('input-gradients' + ('-quick' if args.quick else ''), payload)}")
     return payload

@@ -22,14 +22,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import image_batch, interleaved, median_ms, session, write_json  # noqa: E402
+from common import CACHE, QUICK_SIZE, image_batch, interleaved, median_ms, session, write_json  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
 from onnxcam import methods as registry  # noqa: E402
 from server.heatmaps import normalize, upsample  # noqa: E402
 from server.imaging import Geometry  # noqa: E402
 
-CACHE = Path(__file__).parent / ".cache"
 FULL_MODELS = ["resnet50", "vgg16", "efficientnet_lite0"]
 QUICK_MODELS = ["resnet18"]
 PEER_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -141,7 +140,7 @@ def peer(model, folder: Path, info: dict, threads: int, repeats: int) -> list[di
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="resnet18 only, few repeats (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help=f"resnet18 at {QUICK_SIZE} px, few repeats")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--models", nargs="*")
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"explanation overhead ({args.threads} threads, median of {repeats} interleaved runs)")
     overhead_rows, peer_rows = [], []
     for arch in models:
-        model, folder, info = exported(arch, 224)
+        model, folder, info = exported(arch, QUICK_SIZE if args.quick else 224)
         overhead_rows += overhead(folder, info, args.threads, repeats, [1] if args.quick else [1, 8])
         peer_rows += peer(model, folder, info, args.threads, repeats)
     payload = {"threads": args.threads, "repeats": repeats, "overhead": overhead_rows, "peer": peer_rows}

@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, interleaved, median_ms, session, write_json  # noqa: E402
+from common import QUICK_SIZE, RESULTS_DIR, interleaved, median_ms, session, write_json  # noqa: E402
 from gradient_free import photo  # noqa: E402
 from overhead import exported  # noqa: E402
 
@@ -53,7 +53,7 @@ QUICK_MODELS = ["resnet18"]
 METHODS = list(registry.names(registry.Kind.SAMPLED))
 #: The defaults: 25 samples, 50 steps, patch 32 and stride 16 at 224 px (169 positions).
 FULL_SETTINGS = sampling.Settings()
-QUICK_SETTINGS = sampling.Settings(samples=4, steps=4, patch=112, stride=112)
+QUICK_SETTINGS = sampling.Settings(samples=4, steps=4, patch=QUICK_SIZE // 2, stride=QUICK_SIZE // 2)
 #: Rows per call tried for each side (clamped to the rows there are); the reference also tries its
 #: library's default (all samples / steps at once; one perturbation per pass for Occlusion).
 FULL_BATCHES = (8, 16, 32)
@@ -240,12 +240,12 @@ def reference_batches(method: str, settings: sampling.Settings, rows: int, batch
 
 def compare(arch: str, threads: int, repeats: int, settings: sampling.Settings, batches: tuple[int, ...],
             methods: list[str], warmup: bool = True, check_float64: bool = True,
-            done: Callable[[dict], None] = lambda row: None) -> list[dict]:
+            done: Callable[[dict], None] = lambda row: None, size: int = 224) -> list[dict]:
     """The rows of ``methods`` on model ``arch``; ``done`` gets each row as soon as it is measured."""
     import torch
 
     torch.set_num_threads(threads)
-    model, folder, info = exported(arch, 224)
+    model, folder, info = exported(arch, size)
     layer_name = info["target_layer"]
     preprocess = info["preprocess"]
     size = info["input_size"][0]
@@ -332,7 +332,7 @@ def compare(arch: str, threads: int, repeats: int, settings: sampling.Settings, 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="resnet18 only, tiny settings, one repeat")
+    parser.add_argument("--quick", action="store_true", help=f"resnet18 at {QUICK_SIZE} px, tiny settings, one repeat")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--models", nargs="*")
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
         missing = [method for method in methods if (arch, method) not in measured]
         if missing:
             compare(arch, args.threads, repeats, settings, batches, missing, warmup=not args.quick,
-                    check_float64=not args.quick, done=done)
+                    check_float64=not args.quick, done=done, size=QUICK_SIZE if args.quick else 224)
     print(f"wrote {write_json(name, payload)}")
     return payload
 
