@@ -95,15 +95,40 @@ def test_inner_layer_backward_through_convolutions_and_batchnorm(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
+def test_efficientnet_lite0_real_weights(default_model_built: Path) -> None:
+    """The default model's graphs, exported by the recipe build (which fails on a failed check), checked
+    again here against PyTorch autograd on the real weights: exporting Lite0 a second time cost CI minutes."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    report = export(build_arch("efficientnet_lite0"), None, tmp_path / "lite0", input_size=(224, 224),
-                    mean=LITE_MEAN, std=LITE_STD)
-    assert report.target_layer == "_bn1"  # the shared `_swish` module is skipped
+    import json
+
+    from exporter import check as export_check
+    from exporter.api import ExportReport
+    from exporter.layers import default_layer
+    from onnxcam import contract
+
+    folder = default_model_built / "efficientnet_lite0"
+    info = json.loads((folder / contract.MODEL_JSON).read_text())
+    assert info["target_layer"] == "_bn1"
+    assert info["preprocess"]["mean"] == list(LITE_MEAN) and info["preprocess"]["std"] == list(LITE_STD)
+    model = build_arch("efficientnet_lite0").eval()
+    assert default_layer(model, torch.zeros(1, 3, 224, 224)) == "_bn1"  # the shared `_swish` is skipped
+    layer = model.get_submodule("_bn1")
+    shape, classes = (3, *info["input_size"]), info["num_classes"]
+    cam_weight = model.get_submodule(info["cam"]["linear_module"]).weight
+    report = ExportReport(
+        name=info["name"], out_dir=folder, target_layer=info["target_layer"], target_layer_is_default=True,
+        methods=info["methods"], head_inputs=[], activation_shape=info["activation_shape"], num_classes=classes,
+        opset=info["opset"],
+        explainer_check=export_check.check_explainer(folder / contract.EXPLAINER_FILE, model, layer, shape, classes,
+                                                     cam_weight),
+        input_gradients_check=export_check.check_input_gradients(folder / contract.INPUT_GRADIENTS_FILE, model,
+                                                                 layer, shape, classes),
+        head_check=export_check.check_head(folder / contract.HEAD_FILE, model, layer, shape, classes),
+        forward_check=export_check.check_forward(folder / contract.FORWARD_FILE, model, shape, classes))
     _assert_passed(report)
     # _bn1 carries the head's ReLU6 (sources.BatchNormThenActivation): A is the final feature map, in [0, 6],
     # so Score-CAM's ReLU(sum_k w_k A_k) with its near-uniform weights is no longer zero everywhere.
-    session = ort.InferenceSession(str(tmp_path / "lite0" / "explainer.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / contract.EXPLAINER_FILE), providers=["CPUExecutionProvider"])
     pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
     (activations,) = session.run(["activations"], {"pixels": pixels, "target": np.array([-1, -1])})
     assert activations.min() >= 0 and activations.max() <= 6 and activations.max() > 0
@@ -112,12 +137,12 @@ def test_efficientnet_lite0_real_weights(tmp_path: Path) -> None:
                            _package_lite0()(torch.from_numpy(pixels)))
     # Its head is exactly GAP + linear on real activations (the shared ReLU6 runs again, a no-op on
     # [0, 6]): CAM is served, and Ablation-CAM's closed form equals its masked forwards.
-    assert "cam" in report.methods and (tmp_path / "lite0" / "cam_linear.npz").exists()
+    assert "cam" in report.methods and (folder / contract.CAM_LINEAR_FILE).exists()
     from server import gradient_free
 
     logits, activations = session.run(["logits", "activations"], {"pixels": pixels[:1], "target": np.array([-1])})
-    head = ort.InferenceSession(str(tmp_path / "lite0" / "head.onnx"), providers=["CPUExecutionProvider"])
-    with np.load(tmp_path / "lite0" / "cam_linear.npz") as linear:
+    head = ort.InferenceSession(str(folder / contract.HEAD_FILE), providers=["CPUExecutionProvider"])
+    with np.load(folder / contract.CAM_LINEAR_FILE) as linear:
         closed = gradient_free.ablation_cam(head, activations, logits, logits.argmax(1), linear=(linear["weight"],
                                                                                                  linear["bias"]))
     masked = gradient_free.ablation_cam(head, activations, logits, logits.argmax(1))
