@@ -173,7 +173,11 @@ def test_the_cli_takes_the_ca_and_a_token_from_a_file_or_the_environment(secured
     assert from_env.returncode == 0, from_env.stderr
     refused = _explain_cli(secured, pki, "--tls-ca", str(pki["ca"]))
     assert_one_error(refused, 1, "UNAUTHENTICATED")
-    for result in (from_file, from_env, refused):
+    plaintext = _explain_cli(secured, pki, token_env=TOKENS[0])
+    assert_one_error(plaintext, 1, "UNAVAILABLE", "if it serves TLS, add --tls-ca")
+    stranger = _explain_cli(secured, pki, "--tls-ca", str(pki["stranger_ca"]), token_env=TOKENS[0])
+    assert_one_error(stranger, 1, "UNAVAILABLE", "certificate is not trusted")
+    for result in (from_file, from_env, refused, plaintext, stranger):
         assert not any(token in result.stdout + result.stderr for token in TOKENS)
 
 
