@@ -189,3 +189,17 @@ def test_tokens_never_reach_the_logs(secured, pki, caplog):
     text = caplog.text
     assert "refused /onnxcam.v1.Explainer/Explain" in text and "explain model=tiny" in text  # the server did log
     assert not any(token in text for token in TOKENS)
+
+
+def test_serve_refuses_unreadable_or_half_given_security_files_before_loading(pki, tmp_path):
+    from test_cli_errors import assert_one_error, onnxcam
+
+    missing = onnxcam("serve", "--models", str(tmp_path), "--port", "0", "--tls-cert", str(pki["server_chain"]),
+                      "--tls-key", str(tmp_path / "no.key"), timeout=60)
+    assert_one_error(missing, 2, "cannot read --tls-key")
+    half = onnxcam("serve", "--models", str(tmp_path), "--port", "0", "--tls-client-ca", str(pki["ca"]), timeout=60)
+    assert_one_error(half, 2, "mutual TLS is TLS first")
+    (tmp_path / "tokens").write_text("# no token yet\n")
+    empty = onnxcam("serve", "--models", str(tmp_path), "--port", "0", "--auth-token-file", str(tmp_path / "tokens"),
+                    timeout=60)
+    assert_one_error(empty, 2, "holds no token")
