@@ -84,7 +84,7 @@ def v1_pool() -> descriptor_pool.DescriptorPool:
         for method in service.method:
             method.input_type, method.output_type = _renamed(method.input_type), _renamed(method.output_type)
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
+    pool.AddSerializedFile(proto.SerializeToString())
     return pool
 
 
