@@ -182,7 +182,7 @@ def make_clients(address: str, n: int, mode: str) -> list[ExplainerClient]:
     subchannel pool is needed for the latter: gRPC Python otherwise reuses one connection for
     channels with the same target and options."""
     if mode == "shared":
-        return [ExplainerClient(address, timeout=RPC_TIMEOUT_S)] * n
+        return [ExplainerClient(address, timeout=RPC_TIMEOUT_S, retry=False)] * n
     options = [("grpc.max_send_message_length", MAX_SEND_BYTES),
                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
     return [ExplainerClient(address, timeout=RPC_TIMEOUT_S, channel=grpc.insecure_channel(address, options=options))
@@ -296,7 +296,7 @@ def measure_overhead(server: ServerProcess, model_dir: Path, request: pb.Explain
     pipeline = Pipeline(repository, config)
     errors: collections.Counter = collections.Counter()
     try:
-        with ExplainerClient(server.address, timeout=RPC_TIMEOUT_S) as client:
+        with ExplainerClient(server.address, timeout=RPC_TIMEOUT_S, retry=False) as client:
             def over_grpc() -> None:
                 try:
                     client.explain_request(request)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
         server_args = [*args.server_arg, *extra]
         with ServerProcess(args.model_dir, server_args) as server:
             rss_ready = rss_mib(server.pid)
-            with ExplainerClient(server.address, timeout=RPC_TIMEOUT_S) as client:
+            with ExplainerClient(server.address, timeout=RPC_TIMEOUT_S, retry=False) as client:
                 names = [m.name for m in client.list_models()]
             model = args.model or names[0]
             request = build_request(image, model, methods=["gradcam"], raw=True)

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import NoReturn
 
-from onnxcam import __version__
+from onnxcam import __version__, logging_setup
 from onnxcam.cli_errors import CliError, missing_module_message, one_line
 
 #: Set to 1 to see the traceback of an unexpected error (a bug to report) instead of its one line.
@@ -70,13 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # Third-party optimizers log every rewrite at INFO; only our own progress is wanted.
-    logging.getLogger().handlers[0].addFilter(lambda record: record.name.startswith("onnxcam"))
+    # Timestamps and levels on every line; third-party libraries' warnings and errors, not their INFO chatter.
+    logging_setup.configure(logging.WARNING if args.quiet else logging.INFO, getattr(args, "log_format", "text"))
     try:
         return int(args.handler(args) or 0)
     except CliError as error:

@@ -87,5 +87,17 @@ def rpc_failure(error: Exception, server: str) -> CliError:
     likely cause (no server there)."""
     code = error.code().name if hasattr(error, "code") else "UNKNOWN"
     details = error.details() if hasattr(error, "details") else str(error)
-    hint = f"; is `onnxcam serve` running on {server}?" if code == "UNAVAILABLE" else ""
+    hint = _unavailable_hint(details or "", server) if code == "UNAVAILABLE" else ""
     return CliError(f"{code}: {one_line(details)}{hint}")
+
+
+def _unavailable_hint(details: str, server: str) -> str:
+    """What a connection failure most likely means, TLS mismatches included (gRPC's text names the cause)."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "; the server's certificate is not trusted: give the CA that signed it with --tls-ca"
+    if "WRONG_VERSION_NUMBER" in details:
+        return f"; {server} speaks plaintext: leave out --tls and --tls-ca"
+    if "Socket closed" in details:
+        return (f"; {server} closed the connection: if it serves TLS, add --tls-ca (or --tls); with mutual TLS "
+                "also --tls-client-cert and --tls-client-key")
+    return f"; is `onnxcam serve` running on {server}?"

@@ -9,7 +9,10 @@
         print(summary(response))  # top-k, heatmaps, skipped methods, timing: one readable block
 
 Errors arrive as ``grpc.RpcError`` with the server's status code and message
-(``error.code()``, ``error.details()``).
+(``error.code()``, ``error.details()``). UNAVAILABLE and RESOURCE_EXHAUSTED are retried by gRPC itself
+first (``retry=False`` turns that off; see onnxcam.client_channel). A server with TLS and tokens:
+
+    ExplainerClient("host:50051", tls_ca="ca.pem", token=open("token").read().strip())
 """
 
 from __future__ import annotations
@@ -23,13 +26,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onnxcam import methods
+from onnxcam.client_channel import MAX_RECEIVE_BYTES, MAX_SEND_BYTES, make_channel  # noqa: F401 (the limits, re-exported)
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
-
-MIB = 1024 * 1024
-#: The client's side of the server's limits: it sends requests up to 16 MiB and reads responses up to 64 MiB.
-MAX_SEND_BYTES = 16 * MIB
-MAX_RECEIVE_BYTES = 64 * MIB
 
 MethodLike = str | int
 
@@ -127,15 +126,21 @@ def heatmap_pngs(raw: Any, image: bytes | str | os.PathLike | Any, model: Any, *
 
 
 class ExplainerClient:
-    """One channel to a server; thread-safe, cheap to share. ``timeout`` (seconds) is the default deadline."""
+    """One channel to a server; thread-safe, cheap to share. ``timeout`` (seconds) is the default deadline.
 
-    def __init__(self, target: str, *, timeout: float | None = 30.0, channel: grpc.Channel | None = None) -> None:
+    ``tls``/``tls_ca`` (PEM bytes or path; default the system's roots), ``tls_client_cert`` and
+    ``tls_client_key`` (mutual TLS) and ``token`` (bearer token) for a secured server; ``retry``: gRPC's
+    retry policy for UNAVAILABLE and RESOURCE_EXHAUSTED (see onnxcam.client_channel)."""
+
+    def __init__(self, target: str, *, timeout: float | None = 30.0, channel: grpc.Channel | None = None,
+                 tls: bool = False, tls_ca: bytes | str | os.PathLike | None = None,
+                 tls_client_cert: bytes | str | os.PathLike | None = None,
+                 tls_client_key: bytes | str | os.PathLike | None = None, token: str | None = None,
+                 retry: bool = True) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", MAX_SEND_BYTES),
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        ])
+        self.channel = channel or make_channel(target, tls=tls, tls_ca=tls_ca, tls_client_cert=tls_client_cert,
+                                               tls_client_key=tls_client_key, token=token, retry=retry)
         self.stub = pb_grpc.ExplainerStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

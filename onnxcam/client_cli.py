@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxcam import client_options
 from onnxcam import methods as registry
 from onnxcam.cli_errors import CliError, check_writable_dir, check_writable_file, rpc_failure, write_file
 from onnxcam.cli_inputs import image_files, method_list, output_stems
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest side of the PNGs written, aspect ratio kept (default 0: the server's cap, "
                              "2048 unless onnxcam serve --max-render-side says otherwise)")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds per image (default 30)")
+    client_options.add_arguments(parser)
     sampled = parser.add_argument_group("sampled methods (smoothgrad, smooth_gradcampp, integrated_gradients, "
                                         "occlusion); 0 = the server's default")
     sampled.add_argument("--samples", type=int, default=0, help="noisy copies (default 25)")
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = plan_outputs(args, files)
     asked = _asked(args)
     try:
-        with ExplainerClient(args.server, timeout=args.timeout) as client:
+        with ExplainerClient(args.server, timeout=args.timeout, **client_options.client_kwargs(args)) as client:
             model = args.model or only_model(client, args.server)
             announce(client, model, args, len(files))
             options = dict(model=model, methods=args.methods or [registry.DEFAULT[0]], targets=args.targets or [],

@@ -18,8 +18,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
+from onnxcam import client_options, metrics
 from onnxcam import methods as registry
-from onnxcam import metrics
 
 DESCRIPTION = """How faithful and how well placed each method's maps are on your images: Average Drop, Increase in
 Confidence, deletion/insertion AUC, pointing game, energy pointing game and localisation IoU, per
@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (default all)")
     parser.add_argument("--resume", action="store_true", help="take the items an interrupted run with the same "
                         "settings finished from REPORT_DIR/checkpoint/ (each item is saved there as it is done)")
+    client_options.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"starting an explainer server on {folder} ...", file=sys.stderr, flush=True)
                 address = stack.enter_context(evaluate_sources.local_server(folder, args.threads))
                 source = f"local {folder.name}"
-            client = stack.enter_context(ExplainerClient(address, timeout=None))  # Score-CAM may take minutes
+            security = client_options.client_kwargs(args) if args.server else {}  # a local server has none
+            client = stack.enter_context(ExplainerClient(address, timeout=None, **security))  # Score-CAM: minutes
             if args.model is None:
                 served = [m.name for m in client.list_models()]
                 if len(served) != 1:

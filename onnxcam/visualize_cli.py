@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnxcam import class_model
+from onnxcam import class_model, client_options
 from onnxcam.cli_errors import CliError, check_writable_file, rpc_failure, write_file
 
 
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--blur-every", type=int, default=0, help="blur every this many steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the jitter (default 0)")
     parser.add_argument("--timeout", type=float, default=None, help="deadline in seconds (default none)")
+    client_options.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -68,7 +69,7 @@ def _remote(args: argparse.Namespace, options: class_model.Options) -> tuple[byt
     request = pb.VisualizeClassRequest(model=args.model, target=args.target, steps=options.steps,
                                        learning_rate=options.learning_rate, l2=options.l2, jitter=options.jitter,
                                        blur_sigma=options.blur_sigma, blur_every=options.blur_every, seed=options.seed)
-    with ExplainerClient(args.server, timeout=args.timeout) as client:
+    with ExplainerClient(args.server, timeout=args.timeout, **client_options.client_kwargs(args)) as client:
         for update in client.stub.VisualizeClass(request, timeout=args.timeout):
             _print(class_model.Progress(update.step, update.steps, update.score, update.objective,
                                         update.probability, update.top1))

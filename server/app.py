@@ -17,16 +17,17 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from onnxcam.cli_errors import CliError
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
 from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
-from server import open_inference, reflection
+from server import auth, open_inference, reflection, tls
 from server.config import ServerConfig
-from server.pipeline import Pipeline
+from server.metrics import ServerMetrics
+from server.observed import ObservedPipeline
 from server.repository import Repository, load_repository
+from server.rpc_metrics import RpcMetricsInterceptor
 from server.service import ExplainerService
 
 log = logging.getLogger("onnxcam.server")
@@ -44,25 +45,56 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def read_tokens(config: ServerConfig) -> list[bytes]:
+    try:
+        return auth.read_tokens(Path(config.auth_token_file))
+    except OSError as error:
+        raise CliError(f"cannot read --auth-token-file {config.auth_token_file}: {error.strerror or error}",
+                       code=2) from error
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CliError(f"--auth-token-file {config.auth_token_file}: {error}", code=2) from error
+
+
+def interceptors(config: ServerConfig, metrics: ServerMetrics | None) -> list[grpc.ServerInterceptor]:
+    """Metrics first (so they count the refusals), then token authentication."""
+    chain: list[grpc.ServerInterceptor] = []
+    if metrics is not None:
+        chain.append(RpcMetricsInterceptor(metrics, SERVICES + reflection.SERVICE_NAMES))
+    if config.auth_token_file:
+        chain.append(auth.TokenAuthInterceptor(read_tokens(config)))
+    return chain
+
+
 class ExplainerServer:
     """A started server on ``host:port`` (port 0 picks a free one; ``self.port`` says which)."""
 
     def __init__(self, repository: Repository, config: ServerConfig) -> None:
         self.repository = repository
         self.config = config
-        self.pipeline = Pipeline(repository, config)
+        self.metrics = ServerMetrics() if config.metrics_port is not None else None
+        self.pipeline = ObservedPipeline(repository, config, self.metrics, config.logs_requests)
         self.service = ExplainerService(self.pipeline, stream_workers=config.workers, log_requests=config.log_requests)
         self.health = health.HealthServicer()
         self._server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-                                   options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+                                   options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                                   interceptors=interceptors(config, self.metrics))
         # The Open Inference Protocol (KServe v2) on the same port: Triton's and KServe's clients call it.
         self.open_inference = open_inference.OpenInferenceService(
             self.pipeline, is_ready=lambda: self._stopping is None, workers=config.workers)
         pb_grpc.add_ExplainerServicer_to_server(self.service, self._server)
         oip_grpc.add_GRPCInferenceServiceServicer_to_server(self.open_inference, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable(SERVICES + (grpc_reflection.SERVICE_NAME,), self._server)
-        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        if config.serves_reflection:
+            reflection.enable(SERVICES, self._server)
+        if self.metrics is not None:
+            self.metrics.watch(repository.models.values())
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert:
+            credentials = tls.server_credentials(Path(config.tls_cert), Path(config.tls_key),
+                                                 Path(config.tls_client_ca) if config.tls_client_ca else None)
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
         self._stopping: threading.Event | None = None
@@ -73,6 +105,12 @@ class ExplainerServer:
         return f"{self.config.host}:{self.port}"
 
     def start(self) -> ExplainerServer:
+        if self.metrics is not None:
+            try:
+                self.metrics.serve_http(self.config.host, self.config.metrics_port)
+            except OSError as error:
+                raise CliError(f"cannot serve metrics on {self.config.host}:{self.config.metrics_port} "
+                               f"(--metrics-port): {error.strerror or error}") from error
         self._server.start()
         for service in ("", SERVICE_NAME, open_inference.SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -96,6 +134,8 @@ class ExplainerServer:
             self._released = True
             self.service.close()
             self.open_inference.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.repository.close()
 
     def wait(self) -> None:
@@ -106,6 +146,12 @@ class ExplainerServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop(0)
+
+
+def describe_transport(config: ServerConfig) -> str:
+    if not config.tls_cert:
+        return "plaintext (no TLS)"
+    return "TLS with client certificates required (mutual TLS)" if config.tls_client_ca else "TLS"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -134,6 +180,15 @@ def check_port_free(host: str, port: int) -> None:
                 # EADDRNOTAVAIL and friends (an IPv6 name without IPv6): gRPC binds what it can.
 
 
+def check_security_files(config: ServerConfig) -> None:
+    """Unreadable certificates or token files fail before minutes of model loading, not after."""
+    if config.auth_token_file:
+        read_tokens(config)
+    if config.tls_cert:
+        tls.server_credentials(Path(config.tls_cert), Path(config.tls_key),
+                               Path(config.tls_client_ca) if config.tls_client_ca else None)
+
+
 def check_models_dir(models_dir: Path) -> None:
     if not models_dir.exists():
         raise CliError(f"--models {models_dir} does not exist: give the model repository (a folder of model "
@@ -148,6 +203,7 @@ def serve(models_dir: Path, config: ServerConfig) -> int:
     models_dir = Path(models_dir)
     check_models_dir(models_dir)
     check_port_free(config.host, config.port)
+    check_security_files(config)
     repository = load_repository(models_dir, config)
     if not repository.models:
         reasons = "; ".join(f"{Path(folder).name}: {why}" for folder, why in repository.skipped.items())
@@ -155,12 +211,19 @@ def serve(models_dir: Path, config: ServerConfig) -> int:
                        + (reasons or "it holds no model folder (each has a model.json, or a recipe.json to build)"))
     try:
         server = ExplainerServer(repository, config).start()
+    except CliError:
+        repository.close()
+        raise
     except (OSError, RuntimeError) as error:
         repository.close()
         raise CliError(f"cannot listen on {config.host}:{config.port}: {error}") from error
     log.info("serving %s on %s (max batch %d, max delay %g ms, queue %d rows, %d workers)",
              ", ".join(sorted(repository.models)), server.address, config.max_batch, config.max_delay_ms,
              config.max_queue, config.workers)
+    log.info("%s; %s; reflection %s%s", describe_transport(config),
+             "bearer tokens required (health checking open)" if config.auth_token_file else "no authentication",
+             "on" if config.serves_reflection else "off",
+             f"; Prometheus metrics on http://{config.host}:{server.metrics.port}/metrics" if server.metrics else "")
     stop = threading.Event()
     received: list[str] = []
 

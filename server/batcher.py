@@ -65,6 +65,8 @@ class Batcher:
         self.batches = 0
         self.rows_run = 0
         self.rows_dropped = 0
+        #: Called with the rows of every session call that ran (the metrics' batch sizes).
+        self.batch_observers: list[Callable[[int], None]] = []
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -185,6 +187,8 @@ class Batcher:
         total = sum(item.rows for item in live)
         self.batches += 1
         self.rows_run += total
+        for observe in self.batch_observers:
+            observe(total)
         offset = 0
         for item in live:
             part = {n: v[offset:offset + item.rows] for n, v in outputs.items()}

@@ -14,7 +14,8 @@ limits: requests up to --max-receive-mb (default {DEFAULTS.max_receive_bytes // 
 --max-send-mb (default {DEFAULTS.max_send_bytes // MIB} MiB); larger messages fail with RESOURCE_EXHAUSTED.
 Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULTS.max_image_pixels:,}) before
 decoding. A model whose queue holds --max-queue rows answers RESOURCE_EXHAUSTED. gRPC health checking
-(grpc.health.v1) and server reflection are on. SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
+(grpc.health.v1) and server reflection are on (reflection is off with --auth-token-file unless
+--reflection). SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
 refused, in-flight ones get --grace-s seconds to finish. A call without a deadline (gRPC's default) has none,
 unless --max-request-s sets the server's own.
 """
@@ -72,6 +73,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the server's own limit on one request in seconds, on top of the caller's deadline "
                              "(default 0: none; a call without a deadline then runs to the end)")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request")
+    parser.add_argument("--log-format", choices=("text", "json"), default=DEFAULTS.log_format,
+                        help="text: 'time LEVEL logger: message' lines; json: one JSON object a line, and one line "
+                             "per request (request id, model, methods, code, timings) without --log-requests")
+    secure = parser.add_argument_group("security (default: plaintext, no authentication: bind to localhost or put "
+                                       "the server behind a proxy that adds them)")
+    secure.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server: serve TLS (with --tls-key)")
+    secure.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    secure.add_argument("--tls-client-ca", type=Path, help="PEM CA certificates: every client must present a "
+                        "certificate one of them signed (mutual TLS)")
+    secure.add_argument("--auth-token-file", type=Path, help="file of bearer tokens, one a line (# comments): every "
+                        "call needs the metadata 'authorization: Bearer <token>' or gets UNAUTHENTICATED; health "
+                        "checking stays open for probes")
+    secure.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None,
+                        help="server reflection (default: on, but off with --auth-token-file; when on it needs a "
+                             "token too)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on --host at this port "
+                        "(/metrics; 0 = any free port, logged at start; default: none)")
     parser.set_defaults(handler=run)
 
 
@@ -84,7 +102,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets,
         max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side, grace_s=args.grace_s,
-        max_request_s=args.max_request_s, log_requests=args.log_requests)
+        max_request_s=args.max_request_s, log_requests=args.log_requests, log_format=args.log_format,
+        tls_cert=str(args.tls_cert or ""), tls_key=str(args.tls_key or ""), tls_client_ca=str(args.tls_client_ca or ""),
+        auth_token_file=str(args.auth_token_file or ""), reflection=args.reflection, metrics_port=args.metrics_port)
 
 
 def run(args: argparse.Namespace) -> int:

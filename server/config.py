@@ -70,8 +70,29 @@ class ServerConfig:
     #: The server's own limit on one request, in seconds, applied on top of the caller's deadline
     #: (the earlier wins); 0: none, a request without a client deadline runs to the end.
     max_request_s: float = 0.0
-    #: Log one line per request (model, methods, status, total ms).
+    #: Log one line per request (model, methods, status, timings).
     log_requests: bool = False
+    #: "text" or "json" (one JSON object a line); json logs one line per request even without log_requests.
+    log_format: str = "text"
+    #: PEM files of the server's TLS certificate chain and key; both or neither ("": plaintext).
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: PEM file of the CA that signs client certificates: set, every client must present one (mutual TLS).
+    tls_client_ca: str = ""
+    #: File of bearer tokens, one a line ("": no authentication); health checking stays open.
+    auth_token_file: str = ""
+    #: Server reflection; None: on, unless token authentication is (then off unless asked for).
+    reflection: bool | None = None
+    #: Port of the Prometheus endpoint (HTTP /metrics on ``host``); None: no endpoint, 0: any free port.
+    metrics_port: int | None = None
+
+    @property
+    def logs_requests(self) -> bool:
+        return self.log_requests or self.log_format == "json"
+
+    @property
+    def serves_reflection(self) -> bool:
+        return (not self.auth_token_file) if self.reflection is None else self.reflection
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
@@ -80,6 +101,14 @@ class ServerConfig:
         non_negative = ("max_delay_ms", "grace_s", "intra_op_threads", "inter_op_threads", "max_request_s",
                         "max_render_side")
         bad += [f"{name}={getattr(self, name)}" for name in non_negative if getattr(self, name) < 0]
+        if self.log_format not in ("text", "json"):
+            bad.append(f"log_format={self.log_format!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            bad.append("tls_cert and tls_key go together (--tls-cert needs --tls-key)")
+        if self.tls_client_ca and not self.tls_cert:
+            bad.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            bad.append(f"metrics_port={self.metrics_port}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r}")
         if bad:

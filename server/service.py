@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -35,23 +34,14 @@ class ExplainerService(pb_grpc.ExplainerServicer):
 
     def _explain(self, request: pb.ExplainRequest, deadline_at: float | None,
                  is_active: Callable[[], bool] | None = None) -> pb.ExplainResponse:
-        """The pipeline, with unexpected failures turned into INTERNAL and a log line per request."""
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
+        """The pipeline, with unexpected failures turned into INTERNAL (the pipeline logs each request)."""
         try:
             return self.pipeline.explain(request, deadline_at, is_active)
-        except RequestError as error:
-            code = error.code
+        except RequestError:
             raise
         except Exception as error:
-            code = grpc.StatusCode.INTERNAL
             log.exception("request on model %r failed", request.model)
             raise RequestError(grpc.StatusCode.INTERNAL, f"internal error: {error}") from error
-        finally:
-            if self.log_requests:
-                log.info("explain model=%s methods=%s targets=%s -> %s in %.1f ms", request.model,
-                         [pb.Method.Name(m) if m in pb.Method.values() else m for m in request.methods],
-                         list(request.targets), code.name, (time.perf_counter() - start) * 1000.0)
 
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         if self.log_requests:

@@ -20,7 +20,7 @@ NEVER_MS = 600_000.0  # a batch waits this long for more rows: in practice until
 @pytest.fixture
 def stalled(tiny_model_dir):
     with running_server(tiny_model_dir, max_batch=4, max_delay_ms=NEVER_MS, max_queue=3) as server:
-        with ExplainerClient(server.address, timeout=60) as client:
+        with ExplainerClient(server.address, timeout=60, retry=False) as client:
             yield server, client
         model = server.repository.get("tiny")
         model.explain_batcher.drain()

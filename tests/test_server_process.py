@@ -61,7 +61,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(tiny_model_
         port = log.expect(r"serving nocam, tiny on 127\.0\.0\.1:(\d+)").group(1)
         assert any("skipping model folder" in line and "broken" in line for line in log.lines)
         pixels = np.zeros((3, 32, 32), np.float32)
-        with ExplainerClient(f"127.0.0.1:{port}", timeout=120) as client, ThreadPoolExecutor(1) as pool:
+        with ExplainerClient(f"127.0.0.1:{port}", timeout=120, retry=False) as client, ThreadPoolExecutor(1) as pool:
             assert client.health() == "SERVING"
             in_flight = pool.submit(client.explain, pixels, "tiny", methods=["gradcam"])
             log.expect(r"received explain model=tiny")
