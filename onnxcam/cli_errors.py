@@ -54,7 +54,10 @@ def check_writable_dir(path: Path, option: str) -> None:
     """``path`` is a folder we can write into, or one we can create: tried with a real temporary file
     (permission bits say nothing for root or on read-only mounts). Creates nothing that stays."""
     path = Path(path)
-    where = _existing_ancestor(path)
+    try:
+        where = _existing_ancestor(path)
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise CliError(f"cannot write {option} {path}: {one_line(error.strerror or error)}") from error
     if not where.is_dir():
         raise CliError(f"cannot write {option} {path}: {where} is a file, not a folder")
     try:
@@ -89,3 +92,9 @@ def rpc_failure(error: Exception, server: str) -> CliError:
     details = error.details() if hasattr(error, "details") else str(error)
     hint = f"; is `onnxcam serve` running on {server}?" if code == "UNAVAILABLE" else ""
     return CliError(f"{code}: {one_line(details)}{hint}")
+
+
+def file_system_failure(error: OSError, what: str) -> CliError:
+    """An OSError during slow work (an export) as the CLI's one line: what failed, why, on which file."""
+    where = f" ({error.filename})" if error.filename else ""
+    return CliError(f"{what} failed: {one_line(error.strerror or error)}{where}")

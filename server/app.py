@@ -26,7 +26,7 @@ from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
 from server import open_inference, reflection
 from server.config import ServerConfig
 from server.pipeline import Pipeline
-from server.repository import Repository, load_repository
+from server.repository import DuplicateModelError, Repository, load_repository
 from server.service import ExplainerService
 
 log = logging.getLogger("onnxcam.server")
@@ -148,7 +148,10 @@ def serve(models_dir: Path, config: ServerConfig) -> int:
     models_dir = Path(models_dir)
     check_models_dir(models_dir)
     check_port_free(config.host, config.port)
-    repository = load_repository(models_dir, config)
+    try:
+        repository = load_repository(models_dir, config)
+    except DuplicateModelError as error:
+        raise CliError(str(error)) from error
     if not repository.models:
         reasons = "; ".join(f"{Path(folder).name}: {why}" for folder, why in repository.skipped.items())
         raise CliError(f"no model to serve in {models_dir}: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from server.config import MIB, ServerConfig
+from server.config import ALLOWED_IMAGE_FORMATS, MIB, ServerConfig
 
 DEFAULTS = ServerConfig()
 
@@ -71,8 +71,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-s", type=float, default=DEFAULTS.max_request_s,
                         help="the server's own limit on one request in seconds, on top of the caller's deadline "
                              "(default 0: none; a call without a deadline then runs to the end)")
+    parser.add_argument("--image-formats", type=image_formats, default=DEFAULTS.image_formats, metavar="LIST",
+                        help="image encodings requests may carry, comma-separated, from "
+                             f"{','.join(f.lower() for f in ALLOWED_IMAGE_FORMATS)} (default "
+                             f"{','.join(f.lower() for f in DEFAULTS.image_formats)}; GIF, BMP and TIFF are off "
+                             "unless listed: each parser is more code a request reaches)")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request")
     parser.set_defaults(handler=run)
+
+
+def image_formats(text: str) -> tuple[str, ...]:
+    """``jpeg,png,webp,gif`` -> Pillow's names; ``jpg``/``tif`` accepted."""
+    aliases = {"JPG": "JPEG", "TIF": "TIFF"}
+    names = [aliases.get(part.strip().upper(), part.strip().upper()) for part in text.split(",") if part.strip()]
+    unknown = [name.lower() for name in names if name not in ALLOWED_IMAGE_FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(f.lower() for f in ALLOWED_IMAGE_FORMATS)}")
+    return tuple(dict.fromkeys(names))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -84,7 +99,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets,
         max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side, grace_s=args.grace_s,
-        max_request_s=args.max_request_s, log_requests=args.log_requests)
+        max_request_s=args.max_request_s, log_requests=args.log_requests,
+        image_formats=args.image_formats)
 
 
 def run(args: argparse.Namespace) -> int:

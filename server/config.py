@@ -30,6 +30,11 @@ DEFAULT_MAX_SAMPLED_ROWS = 4112
 #: 15 MB to send at full size; 2048 px is more than any screen shows the picture at. Raw maps are
 #: never scaled.
 DEFAULT_MAX_RENDER_SIDE = 2048
+#: Image encodings a request may carry (Pillow's names). GIF, BMP and TIFF can be allowed with
+#: ``--image-formats``; they are off by default because each parser is more code an attacker reaches
+#: (TIFF above all), and cameras and browsers send JPEG, PNG or WebP.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class ServerConfig:
     max_request_s: float = 0.0
     #: Log one line per request (model, methods, status, total ms).
     log_requests: bool = False
+    #: Image encodings requests may carry, Pillow's names (see DEFAULT_IMAGE_FORMATS).
+    image_formats: tuple[str, ...] = DEFAULT_IMAGE_FORMATS
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
@@ -80,6 +87,9 @@ class ServerConfig:
         non_negative = ("max_delay_ms", "grace_s", "intra_op_threads", "inter_op_threads", "max_request_s",
                         "max_render_side")
         bad += [f"{name}={getattr(self, name)}" for name in non_negative if getattr(self, name) < 0]
+        unknown_formats = [name for name in self.image_formats if name not in ALLOWED_IMAGE_FORMATS]
+        if unknown_formats or not self.image_formats:
+            bad.append(f"image_formats={list(self.image_formats)} (choose from {', '.join(ALLOWED_IMAGE_FORMATS)})")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r}")
         if bad:
