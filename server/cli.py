@@ -13,7 +13,8 @@ EPILOG = f"""\
 limits: requests up to --max-receive-mb (default {DEFAULTS.max_receive_bytes // MIB} MiB) and responses up to
 --max-send-mb (default {DEFAULTS.max_send_bytes // MIB} MiB); larger messages fail with RESOURCE_EXHAUSTED.
 Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULTS.max_image_pixels:,}) before
-decoding. A model whose queue holds --max-queue rows answers RESOURCE_EXHAUSTED. gRPC health checking
+decoding; JPEG, PNG and WebP only unless --image-formats lists more. A model whose queue holds --max-queue
+rows answers RESOURCE_EXHAUSTED. Two model folders with one model name stop the start. gRPC health checking
 (grpc.health.v1) and server reflection are on. SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
 refused, in-flight ones get --grace-s seconds to finish. A call without a deadline (gRPC's default) has none,
 unless --max-request-s sets the server's own.
