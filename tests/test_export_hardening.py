@@ -46,6 +46,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow  # two exports of the tiny model and a server
 def test_a_failed_last_step_leaves_the_old_folder_intact_and_servable(tmp_path):
     """First a good export over a folder holding a README (kept), with absolute source paths (written as
     base names); then an export whose model.json cannot be written: the first folder must survive."""
