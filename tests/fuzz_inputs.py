@@ -101,16 +101,22 @@ _methods = st.lists(st.one_of(st.sampled_from(pb.Method.values()), INT32), max_s
 
 
 @st.composite
+def shaped_tensors(draw: st.DrawFn, height: int, width: int) -> pb.Tensor:
+    """A tensor of the model's shape: ordinary values, huge finite ones (up to float32's 3.4e38), or one
+    NaN or infinity among them."""
+    scale = draw(st.sampled_from([1.0, 1e3, 1e30, 3e38]))
+    fill = draw(st.sampled_from([None, None, None, float("nan"), float("inf"), -float("inf")]))
+    data = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).uniform(-1, 1, 3 * height * width) * scale
+    if fill is not None:
+        data[draw(st.integers(0, data.size - 1))] = fill
+    return pb.Tensor(shape=[3, height, width], data=data.astype(np.float32).tolist())
+
+
+@st.composite
 def tensors(draw: st.DrawFn, height: int, width: int) -> pb.Tensor:
     """A ``tensor`` input: the right shape with extreme values, or a wrong shape or size."""
     if draw(st.booleans()):
-        scale = draw(st.sampled_from([1.0, 1e3, 1e30, 3e38]))
-        fill = draw(st.sampled_from([None, float("nan"), float("inf"), -float("inf")]))
-        data = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(3 * height * width) * scale
-        if fill is not None:
-            data[draw(st.integers(0, data.size - 1))] = fill
-        with np.errstate(over="ignore"):  # beyond float32's range becomes infinity: wanted here
-            return pb.Tensor(shape=[3, height, width], data=data.astype(np.float32).tolist())
+        return draw(shaped_tensors(height, width))
     shape = draw(st.lists(st.one_of(st.integers(-2, 40), st.integers(-2**63, 2**63 - 1)), max_size=5))
     return pb.Tensor(shape=shape, data=draw(st.lists(FLOAT32, max_size=64)))
 
@@ -132,14 +138,20 @@ _VALID_METHODS = [value for value in pb.Method.values() if value != pb.METHOD_NO
 
 
 @st.composite
-def valid_requests(draw: st.DrawFn, model: str, num_classes: int) -> pb.ExplainRequest:
-    """A request the server answers: one of the seed images, known methods, classes in range."""
-    return pb.ExplainRequest(
-        model=model, image=draw(st.sampled_from(SEEDS)),
+def valid_requests(draw: st.DrawFn, model: str, height: int, width: int, num_classes: int) -> pb.ExplainRequest:
+    """A well-formed request: a seed image or a tensor of the model's shape (huge values included),
+    known methods, classes in range."""
+    request = pb.ExplainRequest(
+        model=model,
         methods=draw(st.lists(st.sampled_from(_VALID_METHODS), max_size=3, unique=True)),
         targets=draw(st.lists(st.integers(0, num_classes - 1), max_size=3)), top_k=draw(st.integers(0, 12)),
         raw=draw(st.booleans()), heatmap_png=draw(st.booleans()), overlay_png=draw(st.booleans()),
         max_render_side=draw(st.integers(0, 64)))
+    if draw(st.booleans()):
+        request.image = draw(st.sampled_from(SEEDS))
+    else:
+        request.tensor.CopyFrom(draw(shaped_tensors(height, width)))
+    return request
 
 
 @st.composite
@@ -147,7 +159,7 @@ def explain_requests(draw: st.DrawFn, model: str, height: int, width: int, num_c
     """Half the time a valid request with one or two fields made random (validation is reached field
     by field), else any ExplainRequest, mostly for ``model``."""
     if draw(st.booleans()):
-        request = draw(valid_requests(model, num_classes))
+        request = draw(valid_requests(model, height, width, num_classes))
         random = draw(random_requests(model, height, width))
         for field in draw(st.lists(st.sampled_from(["image", "tensor", "methods", "targets", "top_k", "budget_ms",
                                                     "request_id", "max_render_side", "sampling"]),

@@ -15,7 +15,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 
 from fuzz_inputs import explain_requests, image_bytes, non_finite_fields  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from test_server_helpers import make_repository, running_server  # noqa: E402
 
 from onnxcam.client import ExplainerClient  # noqa: E402
@@ -32,6 +32,9 @@ FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.U
             grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DATA_LOSS}
 CI = dict(deadline=None, derandomize=True, database=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+#: Finite values the network overflows on.
+HUGE_TENSOR = pb.ExplainRequest(model="tiny", tensor=pb.Tensor(shape=[3, *INPUT], data=[3e38, -3e38] * (3 * 16 * 32)),
+                                methods=[pb.GRADCAM], raw=True)
 PREPROCESS = Preprocess(resize_shorter_side=36, crop=INPUT, scale=1 / 255, mean=(0.485, 0.456, 0.406),
                         std=(0.229, 0.224, 0.225))
 
@@ -62,6 +65,7 @@ def test_random_requests_get_a_defined_status_and_the_server_keeps_serving(clien
 
     @settings(max_examples=250, **CI)
     @given(request=explain_requests("tiny", *INPUT, num_classes=10))
+    @example(request=HUGE_TENSOR)  # found by the attack run: OK with NaN scores and maps, before the fix
     def one(request: pb.ExplainRequest) -> None:
         try:
             response = client.explain_request(request)
