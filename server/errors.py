@@ -53,5 +53,8 @@ def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     text = repr(value)
     if len(text) <= limit:
         return text
-    length = len(value) if hasattr(value, "__len__") else len(text)
-    return f"{text[:limit]}... ({length} characters)"
+    if isinstance(value, (str, bytes)):
+        return f"{text[:limit]}... ({len(value)} characters)"
+    if hasattr(value, "__len__"):
+        return f"{text[:limit]}... ({len(value)} entries)"
+    return f"{text[:limit]}..."

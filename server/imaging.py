@@ -161,6 +161,7 @@ def prepare_tensor(shape: list[int], data: np.ndarray, preprocess: Preprocess) -
     pixels = np.ascontiguousarray(data.astype(np.float32).reshape(3, crop_h, crop_w))
     std = np.asarray(preprocess.std, np.float32)[:, None, None]
     mean = np.asarray(preprocess.mean, np.float32)[:, None, None]
-    rgb = np.clip(np.rint((pixels * std + mean) / preprocess.scale), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values clip to 255 (the pipeline refuses them later)
+        rgb = np.clip(np.rint((pixels * std + mean) / preprocess.scale), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Prepared(pixels, Geometry(crop_h, crop_w, 0.0, 0.0, float(crop_h), float(crop_w)),
                     np.ascontiguousarray(rgb))

@@ -114,6 +114,13 @@ def test_a_100_kb_model_name_gets_not_found_with_a_short_message(server, client)
     _serves(client)
 
 
+def test_a_huge_tensor_shape_is_quoted_short(client):
+    request = pb.ExplainRequest(model="tiny", tensor=pb.Tensor(shape=[1] * 100_000, data=[0.0] * 3))
+    error = _status(client.explain_request, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "(100000 entries)" in error.details()
+    assert len(error.details()) < 1000
+
+
 def test_metadata_gives_base_names_never_the_exporting_machine_s_paths(client):
     source = client.metadata("pathy").source
     assert source["model_file"] == "net.py:build"
