@@ -37,6 +37,9 @@ SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 #: The only version of a model this server has (Triton's repositories number them; onnxcam's do not).
 MODEL_VERSION = "1"
 EXTENSIONS = ["model_configuration", "parameters"]
+#: Requested outputs one ModelInfer may list: logits, top-k and three per method fit many times over;
+#: a million copies of one name would otherwise each be read.
+MAX_OUTPUTS = 256
 #: ExplainRequest fields a request parameter of the same name sets.
 BOOL_PARAMETERS = ("heatmap_png", "overlay_png")
 INT_PARAMETERS = ("top_k", "max_render_side")
@@ -84,6 +87,8 @@ def _plan(request: oip.ModelInferRequest, model_name: str, served: list[str], nu
     """Parameters (``methods``, ``top_k``, ``budget_ms``, ``heatmap_png``, ``overlay_png``,
     ``max_render_side``, the sampling fields) and requested outputs -> the shared ExplainRequest."""
     params = request.parameters
+    if len(request.outputs) > MAX_OUTPUTS:
+        raise invalid(f"{len(request.outputs)} outputs requested; at most {MAX_OUTPUTS}, each named once")
     wanted_outputs = [o.name for o in request.outputs]
     known = {iface.OUTPUT_LOGITS, iface.OUTPUT_TOP_K_INDEX, iface.OUTPUT_TOP_K_SCORE}
     implied: list[str] = []

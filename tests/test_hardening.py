@@ -121,6 +121,15 @@ def test_a_huge_tensor_shape_is_quoted_short(client):
     assert len(error.details()) < 1000
 
 
+def test_open_inference_bounds_the_outputs_list(server, client):
+    request = oip.ModelInferRequest(model_name="tiny", outputs=[
+        oip.ModelInferRequest.InferRequestedOutputTensor(name="logits")] * 100_000)
+    with grpc.insecure_channel(server.address) as channel:
+        error = _status(oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "100000 outputs requested" in error.details()
+    _serves(client)
+
+
 def test_metadata_gives_base_names_never_the_exporting_machine_s_paths(client):
     source = client.metadata("pathy").source
     assert source["model_file"] == "net.py:build"
