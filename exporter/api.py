@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,14 @@ from exporter.head_analysis import find_cam_linear, head_reads_pixels
 from exporter.hooks import Capture, on_layer_output
 from exporter.identity import module_class, state_dict_sha256
 from exporter.layers import default_layer, resolve_layer
-from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
+from exporter.model_folder import (
+    FORMAT_VERSION,
+    check_preprocessing,
+    onnx_metadata,
+    staging_dir,
+    swap_in,
+    write_model_json,
+)
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
 from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
@@ -32,6 +40,9 @@ from onnxcam import methods as registry
 log = logging.getLogger("onnxcam.exporter")
 
 TRACE_SEED = 0
+#: Everything an export writes into a model folder; anything else there (recipe.json) is kept.
+EXPORTED_FILES = {contract.EXPLAINER_FILE, contract.HEAD_FILE, contract.FORWARD_FILE, contract.INPUT_GRADIENTS_FILE,
+                  contract.CAM_LINEAR_FILE, contract.MODEL_JSON}
 INPUT_GRADIENTS_INPUTS = [contract.INPUT_PIXELS, contract.INPUT_TARGET, contract.INPUT_RULE]
 INPUT_GRADIENTS_OUTPUTS = [contract.OUTPUT_LOGITS, contract.OUTPUT_INPUT_GRADIENTS, contract.OUTPUT_SALIENCY,
                            contract.OUTPUT_GUIDED_GRADCAM]
@@ -175,8 +186,10 @@ def export(
     """Write explainer.onnx, input_gradients.onnx, head.onnx, forward.onnx and model.json into ``out_dir``.
 
     ``target_layer`` is a dotted module path; ``None`` picks the last 4-D feature map before
-    global pooling. Both graphs are checked against autograd on ``model`` before they replace
-    anything in ``out_dir``; a failed check raises ExportError and leaves the folder as it was.
+    global pooling. The whole folder is written beside ``out_dir`` (a hidden sibling) and swapped in
+    only when complete: a failed check, or any failure before the swap, raises and leaves ``out_dir``
+    as it was (files an export does not write, such as recipe.json, are carried over).
+    Invalid preprocessing (a zero std, a crop larger than the resize) raises ExportError at once.
     ``resize`` is the shorter side before the center crop (default: input size * 256/224);
     ``source`` adds facts (architecture, weights origin) to the recorded identity; ``weights`` says
     where the weights came from, recorded as model.json's ``weights`` so that a served model can say
@@ -193,6 +206,7 @@ def export(
     model.eval()
     try:
         height, width = (int(v) for v in input_size)
+        preprocess = check_preprocessing((height, width), resize, mean, std)
         input_shape = (3, height, width)
         probe = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         is_default = target_layer is None
@@ -211,11 +225,11 @@ def export(
         log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
                  list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        explainer_tmp = out_dir / f".{contract.EXPLAINER_FILE}.tmp"
-        head_tmp = out_dir / f".{contract.HEAD_FILE}.tmp"
-        forward_tmp = out_dir / f".{contract.FORWARD_FILE}.tmp"
-        input_tmp = out_dir / f".{contract.INPUT_GRADIENTS_FILE}.tmp"
+        staging = staging_dir(out_dir)  # the whole folder is written here, then swapped in
+        explainer_tmp = staging / contract.EXPLAINER_FILE
+        head_tmp = staging / contract.HEAD_FILE
+        forward_tmp = staging / contract.FORWARD_FILE
+        input_tmp = staging / contract.INPUT_GRADIENTS_FILE
         temporaries = {explainer_tmp: contract.EXPLAINER_FILE, head_tmp: contract.HEAD_FILE,
                        forward_tmp: contract.FORWARD_FILE}
         if input_gradients:
@@ -268,7 +282,7 @@ def export(
                 "name": name,
                 "weights": weights or contract.WEIGHTS_UNSPECIFIED,
                 "input_size": [height, width],
-                "preprocess": preprocessing((height, width), resize, mean, std),
+                "preprocess": preprocess,
                 "labels": label_list,
                 "num_classes": num_classes,
                 "target_layer": target_layer,
@@ -285,27 +299,27 @@ def export(
                 "explainer": {"file": contract.EXPLAINER_FILE,
                               "inputs": [contract.INPUT_PIXELS, contract.INPUT_TARGET], "outputs": outputs},
                 "opset": OPSET,
-                "source": {"module_class": module_class(model), "state_dict_sha256": state_dict_sha256(model),
-                           **(source or {})},
+                "source": contract.source_without_paths({"module_class": module_class(model),
+                                                         "state_dict_sha256": state_dict_sha256(model),
+                                                         **(source or {})}),
                 "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict(),
                                  "forward": forward_result.to_dict(),
                                  **({"input_gradients": input_result.to_dict()} if input_result else {})},
                 "export_seconds": dict(seconds),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
             }
-            metadata = onnx_metadata(model_json)
+            try:
+                metadata = onnx_metadata(model_json)
+            except (TypeError, ValueError) as error:
+                raise ExportError(f"model.json cannot hold what was given (labels, source...): {error}") from error
             for tmp in temporaries:
                 set_metadata(tmp, metadata)
-            (out_dir / contract.CAM_LINEAR_FILE).unlink(missing_ok=True)
-            (out_dir / contract.INPUT_GRADIENTS_FILE).unlink(missing_ok=True)  # never a stale one
             if linear is not None:
-                _write_cam_linear(out_dir / contract.CAM_LINEAR_FILE, linear)
-            for tmp, final_name in temporaries.items():
-                os.replace(tmp, out_dir / final_name)
-            write_model_json(out_dir, model_json)
+                _write_cam_linear(staging / contract.CAM_LINEAR_FILE, linear)
+            write_model_json(staging, model_json)
+            swap_in(staging, out_dir, EXPORTED_FILES)
         finally:
-            for tmp in temporaries:
-                tmp.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
         model.train(was_training)
 

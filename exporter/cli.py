@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from onnxcam import contract
-from onnxcam.cli_errors import CliError, check_writable_dir, require_export_extra
+from onnxcam.cli_errors import CliError, check_writable_dir, file_system_failure, require_export_extra
 
 log = logging.getLogger("onnxcam.exporter")
 
@@ -74,6 +74,8 @@ def run_models_build(args: argparse.Namespace) -> int:
             print(line)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
+    except OSError as error:
+        raise file_system_failure(error, f"building the models in {models}") from error
     for recipe in find_recipes(models):
         if not args.names or recipe.name in args.names:
             write_triton_repo(recipe.folder, args)
@@ -163,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
                         std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
+    except OSError as error:  # a full disk, a name too long, a folder that vanished: one line, no traceback
+        raise file_system_failure(error, f"exporting to {args.out}") from error
     if args.json:
         print(json.dumps({"summary": report.summary(), "weights": origin, "max_rel_errors": report.max_errors(),
                           "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))

@@ -48,7 +48,9 @@ class Recipe:
 
 
 def find_recipes(models_dir: Path) -> list[Recipe]:
-    return [Recipe(path.parent, json.loads(path.read_text())) for path in sorted(models_dir.glob(f"*/{RECIPE_FILE}"))]
+    # hidden folders are an export's work in progress (exporter.model_folder), never a model
+    return [Recipe(path.parent, json.loads(path.read_text())) for path in sorted(models_dir.glob(f"*/{RECIPE_FILE}"))
+            if not path.parent.name.startswith(".")]
 
 
 def imagenet_labels() -> list[str]:

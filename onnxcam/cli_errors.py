@@ -54,7 +54,10 @@ def check_writable_dir(path: Path, option: str) -> None:
     """``path`` is a folder we can write into, or one we can create: tried with a real temporary file
     (permission bits say nothing for root or on read-only mounts). Creates nothing that stays."""
     path = Path(path)
-    where = _existing_ancestor(path)
+    try:
+        where = _existing_ancestor(path)
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise CliError(f"cannot write {option} {path}: {one_line(error.strerror or error)}") from error
     if not where.is_dir():
         raise CliError(f"cannot write {option} {path}: {where} is a file, not a folder")
     try:
@@ -101,3 +104,9 @@ def _unavailable_hint(details: str, server: str) -> str:
         return (f"; {server} closed the connection: if it serves TLS, add --tls-ca (or --tls); with mutual TLS "
                 "also --tls-client-cert and --tls-client-key")
     return f"; is `onnxcam serve` running on {server}?"
+
+
+def file_system_failure(error: OSError, what: str) -> CliError:
+    """An OSError during slow work (an export) as the CLI's one line: what failed, why, on which file."""
+    where = f" ({error.filename})" if error.filename else ""
+    return CliError(f"{what} failed: {one_line(error.strerror or error)}{where}")

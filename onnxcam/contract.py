@@ -48,3 +48,19 @@ OUTPUT_GUIDED_GRADCAM = "guided_gradcam"
 
 #: Normalisation epsilon of a map shown to people: (m - min) / (max - min + eps).
 DISPLAY_EPS = 1e-7
+
+#: model.json ``source`` entries that name files on the exporting machine: only their base names are
+#: written (and served), so a folder never carries (or tells callers) that machine's directories.
+SOURCE_FILE_KEYS = ("model_file", "weights")
+
+
+def file_base_name(value: object) -> object:
+    """``/home/me/nets/net.py:build`` -> ``net.py:build`` (either slash); other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    return value.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def source_without_paths(source: dict) -> dict:
+    """``source`` with SOURCE_FILE_KEYS reduced to base names."""
+    return {key: file_base_name(value) if key in SOURCE_FILE_KEYS else value for key, value in source.items()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ def spec_from_dict(data: dict[str, Any], input_size: tuple[int, int] | None = No
     std = tuple(float(v) for v in data["std"])
     if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0:
         raise SpecError("preprocess mean and std need 3 values each, std non-zero")
+    if not all(math.isfinite(v) for v in (*mean, *std)):
+        raise SpecError(f"preprocess mean {list(mean)} and std {list(std)} must be finite numbers")
     resize = int(data.get("resize_shorter_side", min(crop)))
     if resize < min(crop):
         raise SpecError(f"resize_shorter_side {resize} is smaller than the crop {list(crop)}")

@@ -26,7 +26,7 @@ from server import auth, open_inference, reflection, tls
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.observed import ObservedPipeline
-from server.repository import Repository, load_repository
+from server.repository import DuplicateModelError, Repository, load_repository
 from server.rpc_metrics import RpcMetricsInterceptor
 from server.service import ExplainerService
 
@@ -204,7 +204,10 @@ def serve(models_dir: Path, config: ServerConfig) -> int:
     check_models_dir(models_dir)
     check_port_free(config.host, config.port)
     check_security_files(config)
-    repository = load_repository(models_dir, config)
+    try:
+        repository = load_repository(models_dir, config)
+    except DuplicateModelError as error:
+        raise CliError(str(error)) from error
     if not repository.models:
         reasons = "; ".join(f"{Path(folder).name}: {why}" for folder, why in repository.skipped.items())
         raise CliError(f"no model to serve in {models_dir}: "

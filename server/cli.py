@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from server.config import MIB, ServerConfig
+from server.config import ALLOWED_IMAGE_FORMATS, MIB, ServerConfig
 
 DEFAULTS = ServerConfig()
 
@@ -13,7 +13,8 @@ EPILOG = f"""\
 limits: requests up to --max-receive-mb (default {DEFAULTS.max_receive_bytes // MIB} MiB) and responses up to
 --max-send-mb (default {DEFAULTS.max_send_bytes // MIB} MiB); larger messages fail with RESOURCE_EXHAUSTED.
 Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULTS.max_image_pixels:,}) before
-decoding. A model whose queue holds --max-queue rows answers RESOURCE_EXHAUSTED. gRPC health checking
+decoding; JPEG, PNG and WebP only unless --image-formats lists more. A model whose queue holds --max-queue
+rows answers RESOURCE_EXHAUSTED. Two model folders with one model name stop the start. gRPC health checking
 (grpc.health.v1) and server reflection are on (reflection is off with --auth-token-file unless
 --reflection). SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
 refused, in-flight ones get --grace-s seconds to finish. A call without a deadline (gRPC's default) has none,
@@ -72,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-request-s", type=float, default=DEFAULTS.max_request_s,
                         help="the server's own limit on one request in seconds, on top of the caller's deadline "
                              "(default 0: none; a call without a deadline then runs to the end)")
+    parser.add_argument("--image-formats", type=image_formats, default=DEFAULTS.image_formats, metavar="LIST",
+                        help="image encodings requests may carry, comma-separated, from "
+                             f"{','.join(f.lower() for f in ALLOWED_IMAGE_FORMATS)} (default "
+                             f"{','.join(f.lower() for f in DEFAULTS.image_formats)}; GIF, BMP and TIFF are off "
+                             "unless listed: each parser is more code a request reaches)")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request")
     parser.add_argument("--log-format", choices=("text", "json"), default=DEFAULTS.log_format,
                         help="text: 'time LEVEL logger: message' lines; json: one JSON object a line, and one line "
@@ -93,6 +99,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def image_formats(text: str) -> tuple[str, ...]:
+    """``jpeg,png,webp,gif`` -> Pillow's names; ``jpg``/``tif`` accepted."""
+    aliases = {"JPG": "JPEG", "TIF": "TIFF"}
+    names = [aliases.get(part.strip().upper(), part.strip().upper()) for part in text.split(",") if part.strip()]
+    unknown = [name.lower() for name in names if name not in ALLOWED_IMAGE_FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(f.lower() for f in ALLOWED_IMAGE_FORMATS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
@@ -104,7 +120,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side, grace_s=args.grace_s,
         max_request_s=args.max_request_s, log_requests=args.log_requests, log_format=args.log_format,
         tls_cert=str(args.tls_cert or ""), tls_key=str(args.tls_key or ""), tls_client_ca=str(args.tls_client_ca or ""),
-        auth_token_file=str(args.auth_token_file or ""), reflection=args.reflection, metrics_port=args.metrics_port)
+        auth_token_file=str(args.auth_token_file or ""), reflection=args.reflection, metrics_port=args.metrics_port,
+        image_formats=args.image_formats)
 
 
 def run(args: argparse.Namespace) -> int:

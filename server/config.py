@@ -30,6 +30,11 @@ DEFAULT_MAX_SAMPLED_ROWS = 4112
 #: 15 MB to send at full size; 2048 px is more than any screen shows the picture at. Raw maps are
 #: never scaled.
 DEFAULT_MAX_RENDER_SIDE = 2048
+#: Image encodings a request may carry (Pillow's names). GIF, BMP and TIFF can be allowed with
+#: ``--image-formats``; they are off by default because each parser is more code an attacker reaches
+#: (TIFF above all), and cameras and browsers send JPEG, PNG or WebP.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class ServerConfig:
     reflection: bool | None = None
     #: Port of the Prometheus endpoint (HTTP /metrics on ``host``); None: no endpoint, 0: any free port.
     metrics_port: int | None = None
+    #: Image encodings requests may carry, Pillow's names (see DEFAULT_IMAGE_FORMATS).
+    image_formats: tuple[str, ...] = DEFAULT_IMAGE_FORMATS
 
     @property
     def logs_requests(self) -> bool:
@@ -109,6 +116,9 @@ class ServerConfig:
             bad.append("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS first)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             bad.append(f"metrics_port={self.metrics_port}")
+        unknown_formats = [name for name in self.image_formats if name not in ALLOWED_IMAGE_FORMATS]
+        if unknown_formats or not self.image_formats:
+            bad.append(f"image_formats={list(self.image_formats)} (choose from {', '.join(ALLOWED_IMAGE_FORMATS)})")
         if self.device not in ("auto", "cpu", "cuda"):
             bad.append(f"device={self.device!r}")
         if bad:

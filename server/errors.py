@@ -40,3 +40,21 @@ def failed_precondition(message: str) -> RequestError:
 
 def cancelled(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.CANCELLED, message)
+
+
+#: Longest piece of a caller's input quoted in an error message: a status message travels in an
+#: HTTP/2 header, and a 100 KB model name echoed back overflowed gRPC's header limit (the client then
+#: saw RESOURCE_EXHAUSTED instead of the real error).
+QUOTE_LIMIT = 120
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said, for error messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (str, bytes)):
+        return f"{text[:limit]}... ({len(value)} characters)"
+    if hasattr(value, "__len__"):
+        return f"{text[:limit]}... ({len(value)} entries)"
+    return f"{text[:limit]}..."

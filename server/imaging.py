@@ -17,11 +17,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from onnxcam import preprocess as preprocessing
-from server.errors import invalid
+from server.config import DEFAULT_IMAGE_FORMATS
+from server.errors import RequestError, invalid, quoted
 from server.model_info import Preprocess
 
-#: Encodings a request may carry; anything else Pillow recognises is refused by name.
-FORMATS = ("JPEG", "PNG", "WEBP")
+#: Encodings a request may carry by default; anything else is refused by name (``onnxcam serve
+#: --image-formats`` widens the list).
+FORMATS = DEFAULT_IMAGE_FORMATS
+#: File signatures of the formats off by default, to name a refused one without parsing it.
+_SIGNATURES = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header; Pillow refuses zero sizes without saying so."""
     if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP" and len(data) >= 30:
+        return _webp_size(data)
     if data.startswith(b"\xff\xd8"):
         pos = 2
         while pos + 9 <= len(data) and data[pos] == 0xFF:
@@ -59,39 +65,69 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an encoded JPEG/PNG/WebP into an upright RGB image, refusing bombs before decoding."""
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP's first chunk (VP8X canvas, lossy VP8 or lossless VP8L frame)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _too_many_pixels(data: bytes, max_pixels: int) -> RequestError:
+    """Pillow's own bomb refusal quotes Pillow's limit; the caller needs the server's."""
+    size = _declared_size(data)
+    declared = f": {size[0]}x{size[1]} = {size[0] * size[1]}" if size else ""
+    return invalid(f"image has too many pixels{declared}, the limit is {max_pixels} (onnxcam serve "
+                   "--max-image-pixels)")
+
+
+def _format_names(formats: tuple[str, ...]) -> str:
+    return ", ".join("WebP" if name == "WEBP" else name for name in formats)
+
+
+def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """Decode an encoded image in one of ``formats`` (Pillow's names) into an upright RGB image,
+    refusing bombs before decoding. Only ``formats``' parsers ever see the bytes."""
     if not data:
         raise invalid("image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            image = Image.open(io.BytesIO(data), formats=list(formats))  # lazy: reads the header only
     except Image.DecompressionBombError as error:
-        raise invalid(f"image has too many pixels: {error}") from error
+        raise _too_many_pixels(data, max_pixels) from error
     except UnidentifiedImageError as error:
+        refused = next((name for signature, name in _SIGNATURES.items() if data.startswith(signature)), None)
+        if refused is not None and refused not in formats:
+            raise invalid(f"unsupported image format {refused}; send {_format_names(formats)} (onnxcam serve "
+                          "--image-formats widens the list)") from error
         size = _declared_size(data)
         if size is not None and min(size) == 0:
             raise invalid(f"image has zero size ({size[0]}x{size[1]})") from error
-        raise invalid(f"image is not a readable JPEG, PNG or WebP (corrupt or unknown format, {len(data)} bytes)"
-                      ) from error
-    except (OSError, SyntaxError, ValueError) as error:
+        raise invalid(f"image is not a readable {_format_names(formats)} image (corrupt or unknown format, "
+                      f"{len(data)} bytes)") from error
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error, IndexError) as error:
         raise invalid(f"image header is corrupt: {error}") from error
-    if image.format not in FORMATS:
-        raise invalid(f"unsupported image format {image.format}; send JPEG, PNG or WebP")
     width, height = image.size
     if width <= 0 or height <= 0:
         raise invalid(f"image has zero size ({width}x{height})")
     if width * height > max_pixels:
-        raise invalid(f"image has too many pixels: {width}x{height} = {width * height}, the limit is {max_pixels}")
+        raise invalid(f"image has too many pixels: {width}x{height} = {width * height}, the limit is {max_pixels} "
+                      "(onnxcam serve --max-image-pixels)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
             return preprocessing.upright_rgb(image)
     except Image.DecompressionBombError as error:
-        raise invalid(f"image has too many pixels: {error}") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise _too_many_pixels(data, max_pixels) from error
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, IndexError) as error:
         raise invalid(f"{image.format} image is corrupt or truncated: {error}") from error
 
 
@@ -117,14 +153,15 @@ def prepare_tensor(shape: list[int], data: np.ndarray, preprocess: Preprocess) -
     """An already preprocessed [3, H, W] tensor; its de-normalised self is the overlay background."""
     crop_h, crop_w = preprocess.crop
     if list(shape) != [3, crop_h, crop_w]:
-        raise invalid(f"tensor shape {list(shape)} is wrong; this model takes [3, {crop_h}, {crop_w}]")
+        raise invalid(f"tensor shape {quoted(list(shape))} is wrong; this model takes [3, {crop_h}, {crop_w}]")
     if data.size != 3 * crop_h * crop_w:
-        raise invalid(f"tensor has {data.size} values; shape {list(shape)} needs {3 * crop_h * crop_w}")
+        raise invalid(f"tensor has {data.size} values; shape {quoted(list(shape))} needs {3 * crop_h * crop_w}")
     if not np.isfinite(data).all():
         raise invalid("tensor holds NaN or infinite values")
     pixels = np.ascontiguousarray(data.astype(np.float32).reshape(3, crop_h, crop_w))
     std = np.asarray(preprocess.std, np.float32)[:, None, None]
     mean = np.asarray(preprocess.mean, np.float32)[:, None, None]
-    rgb = np.clip(np.rint((pixels * std + mean) / preprocess.scale), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values clip to 255 (the pipeline refuses them later)
+        rgb = np.clip(np.rint((pixels * std + mean) / preprocess.scale), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Prepared(pixels, Geometry(crop_h, crop_w, 0.0, 0.0, float(crop_h), float(crop_w)),
                     np.ascontiguousarray(rgb))

@@ -24,7 +24,7 @@ from server.batcher import Batcher
 from server.budget import Costs
 from server.config import ServerConfig
 from server.model_info import ModelFolderError, ModelInfo
-from server.sessions import check_io, open_session
+from server.sessions import check_classes, check_io, open_session
 
 log = logging.getLogger("onnxcam.server")
 
@@ -97,6 +97,11 @@ class LoadedModel:
             if self.input_gradients is not None:
                 check_io(self.input_gradients, contract.INPUT_GRADIENTS_FILE,
                          [contract.INPUT_PIXELS, contract.INPUT_TARGET, contract.INPUT_RULE], INPUT_OUTPUTS)
+            for what, session in (("explainer.onnx", self.explainer), ("head.onnx", self.head),
+                                  ("forward.onnx", self.forward),
+                                  (contract.INPUT_GRADIENTS_FILE, self.input_gradients)):
+                if session is not None:
+                    check_classes(session, what, info.num_classes)
         except ValueError as error:
             raise ModelFolderError(str(error)) from error
         self.providers = list(self.explainer.get_providers())
@@ -166,6 +171,9 @@ class LoadedModel:
             self._run_forward({contract.INPUT_PIXELS: pixels})
         activations = out[contract.OUTPUT_ACTIVATIONS]
         logits = out[contract.OUTPUT_LOGITS]
+        if logits.shape[1] != self.info.num_classes:  # a graph whose class count only shows when it runs
+            raise ModelFolderError(f"explainer.onnx gives logits for {logits.shape[1]} classes but model.json says "
+                                   f"num_classes {self.info.num_classes}; re-export the folder or fix model.json")
         self.head.run(None, self._head_feed(activations, pixels))
         explainer_ms = _median_ms(lambda: self._run_explainer({contract.INPUT_PIXELS: pixels,
                                                                contract.INPUT_TARGET: target}))

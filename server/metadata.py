@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from onnxcam import contract
 from onnxcam.proto import explainer_pb2 as pb
 from server.loaded_model import LoadedModel
 from server.methods import ENUM_BY_NAME
@@ -29,7 +30,9 @@ def _export_check(report: dict) -> pb.ExportCheck:
 def metadata(model: LoadedModel) -> pb.ModelMetadata:
     info = model.info
     pre = info.preprocess
-    source = info.raw.get("source") or {}
+    # folders exported before base names were the rule may hold the exporting machine's paths
+    recorded = info.raw.get("source")
+    source = contract.source_without_paths(recorded if isinstance(recorded, dict) else {})
     return pb.ModelMetadata(
         name=info.name, labels=list(info.labels), num_classes=info.num_classes, input_height=info.input_size[0],
         input_width=info.input_size[1], target_layer=info.target_layer, activation_shape=list(info.activation_shape),

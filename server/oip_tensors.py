@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcam.proto import grpc_service_pb2 as oip
-from server.errors import invalid
+from server.errors import invalid, quoted
 
 #: Datatype names of the protocol -> numpy dtypes (little-endian), and the typed contents field.
 NUMERIC = {"FP32": (np.dtype("<f4"), "fp32_contents"), "FP64": (np.dtype("<f8"), "fp64_contents"),
@@ -39,11 +39,11 @@ def split_bytes(name: str, raw: bytes) -> list[bytes]:
     elements, pos = [], 0
     while pos < len(raw):
         if pos + 4 > len(raw):
-            raise invalid(f"input {name!r}: raw BYTES contents end inside an element's 4-byte length")
+            raise invalid(f"input {quoted(name)}: raw BYTES contents end inside an element's 4-byte length")
         (length,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + length > len(raw):
-            raise invalid(f"input {name!r}: a BYTES element says {length} bytes, {len(raw) - pos} are left")
+            raise invalid(f"input {quoted(name)}: a BYTES element says {length} bytes, {len(raw) - pos} are left")
         elements.append(raw[pos:pos + length])
         pos += length
     return elements
@@ -63,9 +63,9 @@ def decode_inputs(request: oip.ModelInferRequest) -> dict[str, Tensor]:
     for position, item in enumerate(request.inputs):
         name, datatype, shape = item.name, item.datatype, tuple(int(d) for d in item.shape)
         if name in tensors:
-            raise invalid(f"input {name!r} is given twice")
+            raise invalid(f"input {quoted(name)} is given twice")
         if any(d < 0 for d in shape):
-            raise invalid(f"input {name!r} has a negative dimension in its shape {list(shape)}")
+            raise invalid(f"input {quoted(name)} has a negative dimension in its shape {quoted(list(shape))}")
         count = math.prod(shape)
         if datatype == BYTES:
             values: np.ndarray | list[bytes] = (split_bytes(name, raw[position]) if raw
@@ -75,17 +75,20 @@ def decode_inputs(request: oip.ModelInferRequest) -> dict[str, Tensor]:
             dtype, field = NUMERIC[datatype]
             if raw:
                 if len(raw[position]) % dtype.itemsize:
-                    raise invalid(f"input {name!r}: {len(raw[position])} raw bytes are not whole {datatype} values")
+                    raise invalid(f"input {quoted(name)}: {len(raw[position])} raw bytes are not whole "
+                                  f"{quoted(datatype)} values")
                 array = np.frombuffer(raw[position], dtype=dtype)
             else:
                 array = np.asarray(getattr(item.contents, field), dtype=dtype)
             found = array.size
             values = array.reshape(shape) if found == count else array
         else:
-            raise invalid(f"input {name!r} has datatype {datatype or '(none)'}; this server reads FP32, FP64, "
+            shown = quoted(datatype) if datatype else "(none)"
+            raise invalid(f"input {quoted(name)} has datatype {shown}; this server reads FP32, FP64, "
                           "INT32, INT64 and BYTES")
         if found != count:
-            raise invalid(f"input {name!r} has shape {list(shape)} ({count} elements) but carries {found}")
+            raise invalid(f"input {quoted(name)} has shape {quoted(list(shape))} ({count} elements) but carries "
+                          f"{found}")
         tensors[name] = Tensor(name, datatype, shape, values)
     return tensors
 

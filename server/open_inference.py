@@ -26,7 +26,7 @@ from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
 from onnxcam.proto import model_config_pb2 as mc
 from server import deadlines
 from server import oip_interface as iface
-from server.errors import RequestError, invalid, not_found
+from server.errors import RequestError, invalid, not_found, quoted
 from server.methods import NAME_BY_ENUM
 from server.oip_tensors import Tensor, add_output, decode_inputs
 from server.pipeline import Pipeline
@@ -37,6 +37,9 @@ SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 #: The only version of a model this server has (Triton's repositories number them; onnxcam's do not).
 MODEL_VERSION = "1"
 EXTENSIONS = ["model_configuration", "parameters"]
+#: Requested outputs one ModelInfer may list: logits, top-k and three per method fit many times over;
+#: a million copies of one name would otherwise each be read.
+MAX_OUTPUTS = 256
 #: ExplainRequest fields a request parameter of the same name sets.
 BOOL_PARAMETERS = ("heatmap_png", "overlay_png")
 INT_PARAMETERS = ("top_k", "max_render_side")
@@ -57,7 +60,7 @@ def _as_bool(key: str, value: object) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
         return value.strip().lower() in ("true", "1", "yes")
-    raise invalid(f"parameter {key!r} must be a bool (or \"true\"/\"false\"), not {value!r}")
+    raise invalid(f"parameter {quoted(key)} must be a bool (or \"true\"/\"false\"), not {quoted(value)}")
 
 
 def _as_number(key: str, value: object, kind: type) -> float | int:
@@ -66,8 +69,8 @@ def _as_number(key: str, value: object, kind: type) -> float | int:
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise invalid(f"parameter {key!r} must be a{'n integer' if kind is int else ' number'}, not {value!r}"
-                      ) from None
+        kind_name = "an integer" if kind is int else "a number"
+        raise invalid(f"parameter {quoted(key)} must be {kind_name}, not {quoted(value)}") from None
 
 
 @dataclass
@@ -84,19 +87,22 @@ def _plan(request: oip.ModelInferRequest, model_name: str, served: list[str], nu
     """Parameters (``methods``, ``top_k``, ``budget_ms``, ``heatmap_png``, ``overlay_png``,
     ``max_render_side``, the sampling fields) and requested outputs -> the shared ExplainRequest."""
     params = request.parameters
+    if len(request.outputs) > MAX_OUTPUTS:
+        raise invalid(f"{len(request.outputs)} outputs requested; at most {MAX_OUTPUTS}, each named once")
     wanted_outputs = [o.name for o in request.outputs]
     known = {iface.OUTPUT_LOGITS, iface.OUTPUT_TOP_K_INDEX, iface.OUTPUT_TOP_K_SCORE}
     implied: list[str] = []
     for name in wanted_outputs:
         parsed = iface.method_of_output(name)
         if (parsed is None and name not in known) or (parsed is not None and parsed[1] not in served):
-            raise invalid(f"unknown output {name!r}; this model has {iface.OUTPUT_LOGITS}, {iface.OUTPUT_TOP_K_INDEX}, "
-                          f"{iface.OUTPUT_TOP_K_SCORE} and map_/heatmap_/overlay_<method> for {', '.join(served)}")
+            raise invalid(f"unknown output {quoted(name)}; this model has {iface.OUTPUT_LOGITS}, "
+                          f"{iface.OUTPUT_TOP_K_INDEX}, {iface.OUTPUT_TOP_K_SCORE} and "
+                          f"map_/heatmap_/overlay_<method> for {', '.join(served)}")
         if parsed is not None and parsed[1] not in implied:
             implied.append(parsed[1])
     text = _parameter(params, "methods")
     if text is not None and not isinstance(text, str):
-        raise invalid(f"parameter 'methods' must be a string such as \"gradcam,layercam\", not {text!r}")
+        raise invalid(f"parameter 'methods' must be a string such as \"gradcam,layercam\", not {quoted(text)}")
     try:
         values = [method_value(m) for m in text.split(",") if m.strip()] if text else \
             [method_value(m) for m in implied]
@@ -115,7 +121,7 @@ def _plan(request: oip.ModelInferRequest, model_name: str, served: list[str], nu
         if value is not None:
             number = int(_as_number(key, value, int))
             if number < 0:
-                raise invalid(f"parameter {key!r} must be 0 or positive, not {number}")
+                raise invalid(f"parameter {quoted(key)} must be 0 or positive, not {number}")
             if key == "top_k":
                 top_k = min(number or 5, num_classes)
             else:
@@ -129,7 +135,8 @@ def _plan(request: oip.ModelInferRequest, model_name: str, served: list[str], nu
             continue
         if descriptor.enum_type is not None:
             if str(value).upper() not in descriptor.enum_type.values_by_name:
-                raise invalid(f"parameter {key!r} must be one of {', '.join(descriptor.enum_type.values_by_name)}")
+                raise invalid(f"parameter {quoted(key)} must be one of "
+                              f"{', '.join(descriptor.enum_type.values_by_name)}")
             setattr(template.sampling, key, descriptor.enum_type.values_by_name[str(value).upper()].number)
         else:
             kind = float if descriptor.cpp_type in FLOAT_TYPES else int
@@ -144,8 +151,8 @@ def _rows(tensors: dict[str, Tensor], model_input: tuple[int, int], num_classes:
     """Per row: the ExplainRequest input (``image`` bytes or a ``tensor``), and the rows' targets."""
     unknown = set(tensors) - {iface.INPUT_IMAGE, iface.INPUT_PIXELS, iface.INPUT_TARGET}
     if unknown:
-        raise invalid(f"unknown input {sorted(unknown)[0]!r}; this model takes {iface.INPUT_IMAGE} (BYTES [N]: encoded "
-                      f"images) or {iface.INPUT_PIXELS} (FP32 [N,3,H,W]), and optionally {iface.INPUT_TARGET} "
+        raise invalid(f"unknown input {quoted(sorted(unknown)[0])}; this model takes {iface.INPUT_IMAGE} (BYTES [N]: "
+                      f"encoded images) or {iface.INPUT_PIXELS} (FP32 [N,3,H,W]), and optionally {iface.INPUT_TARGET} "
                       "(INT64 [N])")
     image, pixels = tensors.get(iface.INPUT_IMAGE), tensors.get(iface.INPUT_PIXELS)
     if (image is None) == (pixels is None):
@@ -153,17 +160,18 @@ def _rows(tensors: dict[str, Tensor], model_input: tuple[int, int], num_classes:
                       f"{iface.INPUT_PIXELS!r} (preprocessed FP32)")
     if image is not None:
         if image.datatype != "BYTES":
-            raise invalid(f"input {iface.INPUT_IMAGE!r} must be BYTES (encoded JPEG/PNG/WebP), not {image.datatype}")
+            raise invalid(f"input {iface.INPUT_IMAGE!r} must be BYTES (encoded JPEG/PNG/WebP), not "
+                          f"{quoted(image.datatype)}")
         if len(image.shape) not in (1, 2) or (len(image.shape) == 2 and image.shape[1] != 1):
-            raise invalid(f"input {iface.INPUT_IMAGE!r} must have shape [N] or [N, 1], not {list(image.shape)}")
+            raise invalid(f"input {iface.INPUT_IMAGE!r} must have shape [N] or [N, 1], not {quoted(list(image.shape))}")
         rows: list[dict[str, object]] = [{"image": bytes(value)} for value in image.values]
     else:
         height, width = model_input
         if pixels.datatype != "FP32":
-            raise invalid(f"input {iface.INPUT_PIXELS!r} must be FP32, not {pixels.datatype}")
+            raise invalid(f"input {iface.INPUT_PIXELS!r} must be FP32, not {quoted(pixels.datatype)}")
         if len(pixels.shape) != 4 or tuple(pixels.shape[1:]) != (3, height, width):
             raise invalid(f"input {iface.INPUT_PIXELS!r} must have shape [N, 3, {height}, {width}], not "
-                          f"{list(pixels.shape)}")
+                          f"{quoted(list(pixels.shape))}")
         rows = [{"tensor": pb.Tensor(shape=[3, height, width], data=row.ravel().tolist())} for row in pixels.values]
     if not rows:
         raise invalid("the request has 0 rows")
@@ -172,12 +180,12 @@ def _rows(tensors: dict[str, Tensor], model_input: tuple[int, int], num_classes:
     if target is not None:
         if target.datatype not in ("INT64", "INT32"):
             raise invalid(f"input {iface.INPUT_TARGET!r} must be INT64 (class index per row, -1: the top-1), not "
-                          f"{target.datatype}")
+                          f"{quoted(target.datatype)}")
         flat = np.asarray(target.values).ravel()
         if len(target.shape) not in (1, 2) or flat.size != len(rows) or \
                 (len(target.shape) == 2 and target.shape[1] != 1):
             raise invalid(f"input {iface.INPUT_TARGET!r} must have shape [{len(rows)}] (one class per row), not "
-                          f"{list(target.shape)}")
+                          f"{quoted(list(target.shape))}")
         for value in flat:
             if not -1 <= int(value) < num_classes:
                 raise invalid(f"input {iface.INPUT_TARGET!r}: class index {int(value)} is out of range: the model "
@@ -201,7 +209,7 @@ class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):
             context.abort(error.code, error.message)
         if version not in ("", MODEL_VERSION):
             context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"model {name!r} has only version {MODEL_VERSION}, not {version!r}")
+                          f"model {quoted(name)} has only version {MODEL_VERSION}, not {quoted(version)}")
         return model
 
     def ServerLive(self, request, context):
@@ -248,7 +256,7 @@ class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):
         if request.model_name not in repository.models:
             repository.get(request.model_name)  # NOT_FOUND naming the loaded models
         if request.model_version not in ("", MODEL_VERSION):
-            raise not_found(f"model {request.model_name!r} has only version {MODEL_VERSION}")
+            raise not_found(f"model {quoted(request.model_name)} has only version {MODEL_VERSION}")
         model = repository.models[request.model_name]
         plan = _plan(request, model.name, list(model.methods), model.info.num_classes)
         rows, targets = _rows(decode_inputs(request), model.info.input_size, model.info.num_classes)

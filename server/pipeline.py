@@ -27,6 +27,8 @@ from server.loaded_model import LoadedModel
 from server.repository import Repository
 
 DEFAULT_TOP_K = 5
+#: Entries the request's ``methods`` field may hold: every method once.
+MAX_METHODS_LISTED = len(pb.Method.values())
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,14 @@ class Options:
 
 def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: ServerConfig) -> Options:
     num_classes = model.info.num_classes
+    # Raw counts first: duplicates are merged below, but a million copies of one target still cost
+    # the server a million loop turns and would be accepted.
+    if len(request.targets) > config.max_targets:
+        distinct = len(set(request.targets))
+        raise invalid(f"{len(request.targets)} targets given ({distinct} distinct); at most {config.max_targets} "
+                      "per request")
+    if len(request.methods) > MAX_METHODS_LISTED:
+        raise invalid(f"{len(request.methods)} methods given; list each at most once (at most {MAX_METHODS_LISTED})")
     targets: list[int] = []
     for target in request.targets:
         if not 0 <= target < num_classes:
@@ -84,6 +94,21 @@ def _ms(start: float, end: float) -> float:
     return (end - start) * 1000.0
 
 
+def _require_finite(values: np.ndarray, what: str, request: pb.ExplainRequest, model: LoadedModel) -> None:
+    """Refuse NaN or infinite outputs: finite but huge inputs (a tensor of 3e38) overflow inside the
+    network, and a response of NaN scores and maps with OK would look like an answer."""
+    if np.isfinite(values).all():
+        return
+    if request.WhichOneof("input") == "tensor":
+        pre = model.info.preprocess
+        ends = [(end * pre.scale - m) / s for end in (0.0, 255.0) for m, s in zip(pre.mean, pre.std, strict=True)]
+        given = (f"a tensor must hold preprocessed pixels, {min(ends):.2f} to {max(ends):.2f} for this model (an "
+                 f"image's range); this one holds values up to {np.abs(np.asarray(request.tensor.data)).max():.3g}")
+    else:
+        given = "the model overflows on this image"
+    raise invalid(f"the model's {what} are not finite (NaN or infinite) for this input: {given}")
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max()
     e = np.exp(z)
@@ -100,7 +125,7 @@ class Pipeline:
         kind = request.WhichOneof("input")
         start = time.perf_counter()
         if kind == "image":
-            image = imaging.decode(request.image, self.config.max_image_pixels)
+            image = imaging.decode(request.image, self.config.max_image_pixels, self.config.image_formats)
             decoded = time.perf_counter()
             prepared = imaging.prepare_image(image, model.info.preprocess)
         elif kind == "tensor":
@@ -205,6 +230,7 @@ class Pipeline:
         outputs = {name: value for result in reversed(results) for name, value in result.outputs.items()}
         inference_ms = sum(result.run_s for result in results) * 1000.0
         logits = results[0].outputs[contract.OUTPUT_LOGITS]
+        _require_finite(logits[:rows], "logits", request, model)
         targets = np.asarray(options.targets or [int(np.argmax(logits[0]))], dtype=np.int64)
         maps = {}
         for name, method in declared.items():
@@ -235,6 +261,8 @@ class Pipeline:
                                                 lambda future: self.wait(future, deadline_at), check_deadline,
                                                 deadline_at)
                 stats[name] = sampler.stats()
+        for name in chosen:
+            _require_finite(maps[name], f"{name} map", request, model)
         post_start = time.perf_counter()
         inference_ms += _ms(gradient_free_start, post_start)
         response = pb.ExplainResponse(model=model.name, request_id=request.request_id, skipped=skipped,

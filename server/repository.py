@@ -1,6 +1,8 @@
 """The model repository: every model folder under one directory, loaded once at start.
 
-A folder that fails to load is logged with the reason and skipped; it never stops the others.
+A folder that fails to load is logged with the reason and skipped; it never stops the others. Two
+folders claiming one model name stop the start (DuplicateModelError): serving either one would let a
+stray copy silently replace the real model.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from pathlib import Path
 from onnxcam import contract
 from onnxcam.proto import explainer_pb2 as pb
 from server.config import ServerConfig
-from server.errors import not_found
+from server.errors import not_found, quoted
 from server.loaded_model import LoadedModel
-from server.model_info import ModelFolderError, load_model_info
+from server.model_info import ModelFolderError, ModelInfo, load_model_info
 
 log = logging.getLogger("onnxcam.server")
+
+
+class DuplicateModelError(Exception):
+    """Two or more model folders give the same model name; the message names every folder."""
 
 
 @dataclass
@@ -30,7 +36,7 @@ class Repository:
             return self.models[name]
         except KeyError:
             known = ", ".join(sorted(self.models)) or "none"
-            raise not_found(f"unknown model {name!r}; this server has: {known}") from None
+            raise not_found(f"unknown model {quoted(name)}; this server has: {known}") from None
 
     def close(self) -> None:
         for model in self.models.values():
@@ -45,17 +51,33 @@ def model_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _refuse_duplicates(infos: list[ModelInfo]) -> None:
+    folders: dict[str, list[Path]] = {}
+    for info in infos:
+        folders.setdefault(info.name, []).append(info.folder)
+    clashes = {name: paths for name, paths in folders.items() if len(paths) > 1}
+    if clashes:
+        detail = "; ".join(f"{name!r} in {' and '.join(str(p) for p in paths)}" for name, paths in clashes.items())
+        raise DuplicateModelError(f"two model folders claim the same model name: {detail}; remove or rename one "
+                                  "(model.json's \"name\")")
+
+
 def load_repository(root: Path, config: ServerConfig) -> Repository:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"model repository {root} is not a directory")
     repository = Repository()
+    infos: list[ModelInfo] = []
     for folder in model_folders(root):
         try:
-            info = load_model_info(folder)
-            if info.name in repository.models:
-                raise ModelFolderError(f"model name {info.name!r} is already taken by "
-                                       f"{repository.models[info.name].info.folder}")
+            infos.append(load_model_info(folder))
+        except ModelFolderError as error:
+            log.error("skipping model folder %s: %s", folder, error)
+            repository.skipped[str(folder)] = str(error)
+    _refuse_duplicates(infos)
+    for info in infos:
+        folder = info.folder
+        try:
             model = LoadedModel(info, config)
         except ModelFolderError as error:
             log.error("skipping model folder %s: %s", folder, error)

@@ -45,3 +45,13 @@ def check_io(session: ort.InferenceSession, what: str, inputs: list[str], output
     if missing:
         raise ValueError(f"{what} lacks {', '.join(missing)}")
 
+
+
+def check_classes(session: ort.InferenceSession, what: str, num_classes: int) -> None:
+    """The graph's logits have model.json's class count: a 10-class graph whose model.json claims
+    1000 would otherwise fail in ONNX Runtime, with its node names, on the first target above 9."""
+    logits = next(o for o in session.get_outputs() if o.name == "logits")
+    classes = logits.shape[-1] if logits.shape else None
+    if isinstance(classes, int) and classes != num_classes:
+        raise ValueError(f"{what} gives logits for {classes} classes but model.json says num_classes "
+                         f"{num_classes} (with as many labels); re-export the folder or fix model.json")

@@ -181,7 +181,8 @@ def test_cli_exports_a_users_own_module(tmp_path: Path) -> None:
 
     info = json.loads((out / "model.json").read_text())
     assert info["target_layer"] == "features.1" and info["labels"][9] == "label 9"
-    assert info["source"]["weights"] == str(weights)
+    assert info["source"]["weights"] == weights.name  # a base name: never the exporting machine's path
+    assert info["source"]["model_file"] == "tiny_models.py:TinyNet"
     assert info["cam"] is None and not (out / "cam_linear.npz").exists()  # a conv stage follows features.1
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
-from test_server_helpers import encode, make_repository, rgb_image, running_server
+from test_server_helpers import encode, make_repository, png_from_chunks, rgb_image, running_server
 
 from onnxcam import methods as registry
 from onnxcam.client import ExplainerClient
@@ -276,15 +275,6 @@ def test_stream_answers_in_order_and_survives_bad_requests(client):
 
 
 # ---- errors ---------------------------------------------------------------------------------------------
-
-
-def png_from_chunks(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height; the pixel data is a few bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def jpeg_with_height(data: bytes, height: int) -> bytes:
