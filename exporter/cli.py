@@ -110,6 +110,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",
                         help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
                              "Grad-CAM): faster exports of deep networks, a smaller folder")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="int8: the INT8 edge explainer, the network up to the target layer statically quantised "
+                             "(head and backward float32, exact for the quantised activations); needs --calibration")
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="folder of representative images for --quantize, run through the model's preprocessing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_triton_arguments(parser)
     parser.set_defaults(handler=run)
@@ -159,13 +164,14 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
-                        input_gradients=args.input_gradients,
+                        input_gradients=args.input_gradients, quantize=args.quantize, calibration=args.calibration,
                         std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
     if args.json:
         print(json.dumps({"summary": report.summary(), "weights": origin, "max_rel_errors": report.max_errors(),
-                          "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))
+                          "seconds": report.seconds, "sizes_bytes": report.sizes_bytes,
+                          **({"quantized": report.quantized_check} if report.quantized_check else {})}, indent=2))
     else:
         random = "; RANDOM WEIGHTS (see the warning above)" if origin == contract.WEIGHTS_RANDOM else ""
         print(report.summary() + random)
