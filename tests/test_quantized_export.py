@@ -65,8 +65,8 @@ def test_model_json_records_the_quantisation_and_sane_check_figures(int8_dir: Pa
     assert set(check["map_spearman"]) == {f"cam_{m}" for m in info["methods"]}
     for figures in check["map_spearman"].values():
         assert -1.0 <= figures["worst"] <= figures["mean"] <= 1.0
-    exact = check["exact_on_quantized_activations"]
-    assert exact["passed"] and exact["outputs"]["gradients"]["max_rel"] <= exact["tolerance_rel"]
+    assert check["passed"] and check["outputs"]["gradients"]["max_rel"] <= check["tolerance_rel"]
+    assert check["outputs"]["cam_gradcam"]["max_rel"] <= check["tolerance_rel"]
     assert 0 < check["body_nodes"] < len(_graph(int8_dir, contract.EXPLAINER_FILE).node)
 
 
@@ -91,6 +91,10 @@ def test_the_server_serves_the_quantised_folder(int8_dir: Path, calibration: Pat
         assert response.predictions[0].logit == pytest.approx(float(expected[0].max()), rel=1e-5)
         only = client.explain(image, "tiny_int8", methods=["none"])  # forward.onnx
         assert only.predictions[0].logit == pytest.approx(float(expected[0].max()), rel=1e-5)
+        metadata = client.metadata("tiny_int8")
+        assert metadata.source["quantized"] == "int8"
+        assert metadata.source["calibration_images"] == str(CALIBRATION_IMAGES)
+        assert metadata.export_check.passed and "quantized.gradients" in metadata.export_check.outputs
 
 
 def test_spearman_ranks_ties_and_constant_maps() -> None:
