@@ -132,6 +132,17 @@ def _read_labels(path: str) -> list[str]:
         raise CliError(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}", code=2) from error
 
 
+def _check_quantize_arguments(args: argparse.Namespace) -> None:
+    """--quantize and --calibration go together; refused before torch loads and minutes of exporting."""
+    if args.quantize and not args.calibration:
+        raise CliError(f"--quantize {args.quantize} needs --calibration DIR: a folder of representative images",
+                       code=2)
+    if args.calibration and not args.quantize:
+        raise CliError("--calibration is only read with --quantize int8", code=2)
+    if args.calibration and not Path(args.calibration).is_dir():
+        raise CliError(f"--calibration {args.calibration} is not a folder of images", code=2)
+
+
 def run(args: argparse.Namespace) -> int:
     from exporter import ExportError
     from exporter.weights import check_weights_file, random_weights_warning, weights_origin
@@ -142,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         labels = _read_labels(args.labels) if args.labels else None
     except ExportError as error:
         raise CliError(str(error), code=2) from error
+    _check_quantize_arguments(args)
     check_writable_dir(Path(args.out), "--out")
     if args.triton_repo is not None:
         check_writable_dir(args.triton_repo, "--triton-repo")  # before minutes of exporting

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from onnxcam.client import ExplainerClient  # noqa: E402
 from onnxcam.preprocess import preprocess, read_spec  # noqa: E402
 
 CALIBRATION_IMAGES = 6
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,16 @@ def test_bad_quantise_requests_are_refused_before_exporting(tmp_path: Path, quan
         export(seeded(TinyNet()), None, tmp_path / "out", input_size=(32, 32), quantize=quantize,
                calibration=None if calibration is None else tmp_path / calibration)
     assert not (tmp_path / "out" / contract.MODEL_JSON).exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--quantize", "int8"], "--quantize int8 needs --calibration DIR"),
+    (["--quantize", "int8", "--calibration", "no-such-folder"], "--calibration no-such-folder is not a folder"),
+    (["--calibration", "."], "--calibration is only read with --quantize int8")])
+def test_the_cli_refuses_incomplete_quantise_options_before_exporting(tmp_path: Path, extra, message) -> None:
+    result = subprocess.run([sys.executable, "-m", "onnxcam.cli", "export", "--arch", "resnet18", "--out",
+                             str(tmp_path / "out"), *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "building resnet18" not in result.stderr and not (tmp_path / "out").exists()
