@@ -92,10 +92,12 @@ def quantize_explainer(source: Path, destination: Path, rows: np.ndarray) -> lis
     """Write ``source`` with its body statically quantised to ``destination``; returns the body's nodes.
 
     QDQ format (what ONNX Runtime's CPU kernels fuse into integer convolutions), uint8 activations,
-    int8 per-channel weights, ranges from ``rows`` at the 0.001st and 99.999th percentiles
-    (Percentile calibration: on the offline photos it agreed on top-1 for 25 of 25 images against 24 for MinMax,
-    whose ranges follow single outliers). Only the nodes the activations output
-    depends on are quantised, so the head and the backward pass keep float32 arithmetic.
+    int8 per-channel weights, ranges from ``rows`` at the 0.001st and 99.999th percentiles (Percentile
+    calibration: a MinMax range follows a single outlier value). Only the nodes the activations output depends on are
+    quantised, so the head and the backward pass keep float32 arithmetic; of those, the nodes that read
+    the pixels (the stem convolution) stay float32 too, so the input is not rounded to 8 bits: on the
+    offline photos that raised the mean map rank correlations of EfficientNet-Lite0 from 0.93-0.96 to
+    0.95-0.98 at the cost of one small convolution.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -105,13 +107,16 @@ def quantize_explainer(source: Path, destination: Path, rows: np.ndarray) -> lis
         quantize_static,
     )
 
-    body = body_nodes(onnx.load(str(source), load_external_data=False).graph)
+    graph = onnx.load(str(source), load_external_data=False).graph
+    body = body_nodes(graph)
+    reads_pixels = {node.name for node in graph.node if contract.INPUT_PIXELS in node.input}
+    quantized = [name for name in body if name not in reads_pixels]
 
     class Reader(_Rows, CalibrationDataReader):
         pass
 
     quantize_static(str(source), str(destination), Reader(rows), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=body,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=quantized,
                     calibrate_method=CalibrationMethod.Percentile)
     return body
 

@@ -54,6 +54,7 @@ def test_only_the_body_is_quantised(int8_dir: Path) -> None:
     body = set(body_nodes(explainer))
     qdq = {node.name for node in quantized_nodes(explainer)}
     assert qdq and qdq <= body  # every Quantize/DequantizeLinear feeds the activations
+    assert all(contract.INPUT_PIXELS not in node.input for node in quantized_nodes(explainer))  # stem float32
     head_ops = {node.op_type for node in explainer.node if node.name not in body}
     assert "Gemm" in head_ops or "MatMul" in head_ops  # the float32 head and backward are still there
     assert quantized_nodes(_graph(int8_dir, contract.FORWARD_FILE))
