@@ -25,7 +25,7 @@ from exporter.identity import module_class, state_dict_sha256
 from exporter.layers import default_layer, resolve_layer
 from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
-from exporter.quantize import calibration_rows, quantize_graphs, quantize_request
+from exporter.quantize import QUANTIZE_NEEDS_PLAIN_HEAD, calibration_rows, quantize_graphs, quantize_request
 from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
 from onnxcam import methods as registry
@@ -222,6 +222,8 @@ def export(
         cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
         needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
         methods = [m.name for m in graph_methods(cam_linear is not None)]
+        if calibration_files and needs_pixels:
+            raise ExportError(QUANTIZE_NEEDS_PLAIN_HEAD)
         log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
                  list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
 

@@ -33,6 +33,11 @@ QUANTIZE_CHOICES = ("int8",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: The quantised graphs' op domain for QuantizeLinear/DequantizeLinear (the ONNX standard ops).
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: A head that also reads the pixels shares tensors with the body in the explainer graph, and the
+#: quantiser rewires every reader of a quantised tensor: the float32 head would see int8 values.
+QUANTIZE_NEEDS_PLAIN_HEAD = ("--quantize int8 needs a head that reads only the target layer's activations; a skip "
+                             "connection crosses this layer (the head reads the pixels): pick a layer after the "
+                             "last skip connection")
 
 
 def calibration_images(folder: str | Path) -> list[Path]:
@@ -182,6 +187,8 @@ def quantize_folder(folder: Path, calibration: str | os.PathLike, model: nn.Modu
     info = json.loads((folder / contract.MODEL_JSON).read_text())
     if info.get("quantized"):
         raise ExportError(f"{folder} is already quantised ({info['quantized']})")
+    if contract.INPUT_PIXELS in info["head"]["inputs"]:
+        raise ExportError(QUANTIZE_NEEDS_PLAIN_HEAD)
     images = calibration_images(calibration)
     layer = resolve_layer(model.eval(), info["target_layer"])
     cam = info.get("cam") or None

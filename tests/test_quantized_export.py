@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from test_server_helpers import encode, rgb_image, running_server  # noqa: E402
-from tiny_models import TinyNet, seeded  # noqa: E402
+from tiny_models import SkipNet, TinyNet, seeded  # noqa: E402
 
 from exporter import ExportError, export  # noqa: E402
 from exporter.quantize import body_nodes, quantized_nodes  # noqa: E402
@@ -129,3 +129,11 @@ def test_the_cli_refuses_incomplete_quantise_options_before_exporting(tmp_path: 
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert "building resnet18" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_head_that_reads_the_pixels_is_refused_before_tracing(tmp_path: Path, calibration: Path) -> None:
+    """A skip connection across the layer: the head would share quantised tensors with the body."""
+    with pytest.raises(ExportError, match="skip connection crosses this layer"):
+        export(seeded(SkipNet()), "middle", tmp_path / "out", input_size=(32, 32), quantize="int8",
+               calibration=calibration)
+    assert not (tmp_path / "out" / contract.EXPLAINER_FILE).exists()
