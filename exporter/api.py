@@ -33,9 +33,11 @@ from exporter.model_folder import (
     write_model_json,
 )
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
+from exporter.quantize import QUANTIZE_NEEDS_PLAIN_HEAD, calibration_rows, quantize_graphs, quantize_request
 from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
 from onnxcam import methods as registry
+from onnxcam.preprocess import spec_from_dict
 
 log = logging.getLogger("onnxcam.exporter")
 
@@ -78,6 +80,8 @@ class ExportReport:
     head_check: export_check.CheckResult
     forward_check: export_check.CheckResult
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The INT8 check (top-1 agreement, map rank correlations, exactness); None for float32 exports.
+    quantized_check: dict[str, Any] | None = None
     sizes_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -99,9 +103,14 @@ class ExportReport:
         worst = max(self.max_errors().values())
         default = " (default)" if self.target_layer_is_default else ""
         size = self.sizes_bytes.get(contract.EXPLAINER_FILE, 0) / 2**20
+        int8 = ""
+        if self.quantized_check:
+            worst_rank = min(v["worst"] for v in self.quantized_check["map_spearman"].values())
+            int8 = (f"; int8 body: top-1 agreement {self.quantized_check['top1_agreement']:.0%}, "
+                    f"worst map rank correlation {worst_rank:.3f}")
         return (f"{self.name}: layer {self.target_layer}{default}, A {self.activation_shape}, "
                 f"methods {', '.join(self.methods)}; check {'passed' if self.passed else 'FAILED'} "
-                f"(worst rel error {worst:.2e}); {self.seconds.get('total', 0):.1f} s; explainer {size:.1f} MiB")
+                f"(worst rel error {worst:.2e}); {self.seconds.get('total', 0):.1f} s; explainer {size:.1f} MiB{int8}")
 
 
 def _shapes(model: nn.Module, layer: nn.Module, layer_name: str,
@@ -182,6 +191,8 @@ def export(
     weights: str | None = None,
     tolerance: float = export_check.TOLERANCE,
     input_gradients: bool = True,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | None = None,
 ) -> ExportReport:
     """Write explainer.onnx, input_gradients.onnx, head.onnx, forward.onnx and model.json into ``out_dir``.
 
@@ -197,8 +208,11 @@ def export(
     is the largest relative error the check accepts. ``input_gradients=False`` leaves out
     input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided Grad-CAM): a backward
     pass through the whole network is the slowest graph to trace and export on deep networks.
+    ``quantize="int8"`` with ``calibration`` (a folder of images) writes the INT8 edge explainer:
+    see exporter/quantize.py; explainer.onnx and forward.onnx get a statically quantised body.
     """
     started = time.perf_counter()
+    calibration_files = quantize_request(quantize, calibration)
     out_dir = Path(out_dir)
     name = name or out_dir.name
     seconds: dict[str, float] = {}
@@ -222,6 +236,8 @@ def export(
         cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
         needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
         methods = [m.name for m in graph_methods(cam_linear is not None)]
+        if calibration_files and needs_pixels:
+            raise ExportError(QUANTIZE_NEEDS_PLAIN_HEAD)
         log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
                  list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
 
@@ -276,6 +292,13 @@ def export(
             if failures:
                 raise ExportError(f"export check failed (tolerance {tolerance:g} relative): "
                                   + "; ".join(failures))
+            quantized_check = None
+            if calibration_files:
+                with _step(seconds, "quantize", f"quantising the body to {quantize} "
+                                                f"({len(calibration_files)} calibration images)"):
+                    spec = spec_from_dict(preprocess, (height, width))
+                    quantized_check = quantize_graphs(explainer_tmp, forward_tmp, calibration_rows(
+                        calibration_files, spec), model, layer, cam_weight, tolerance)
             seconds["total"] = round(time.perf_counter() - started, 3)
             model_json = {
                 "format_version": FORMAT_VERSION,
@@ -304,7 +327,10 @@ def export(
                                                          **(source or {})}),
                 "export_check": {"explainer": explainer_result.to_dict(), "head": head_result.to_dict(),
                                  "forward": forward_result.to_dict(),
-                                 **({"input_gradients": input_result.to_dict()} if input_result else {})},
+                                 **({"input_gradients": input_result.to_dict()} if input_result else {}),
+                                 **({"quantized": quantized_check} if quantized_check else {})},
+                **({"quantized": quantize, "calibration_images": len(calibration_files)}
+                   if calibration_files else {}),
                 "export_seconds": dict(seconds),
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
             }
@@ -329,7 +355,7 @@ def export(
         num_classes=num_classes, opset=OPSET, explainer_check=explainer_result,
         input_gradients_check=input_result, head_check=head_result,
         forward_check=forward_result,
-        seconds=seconds,
+        seconds=seconds, quantized_check=quantized_check,
         sizes_bytes={name: (out_dir / name).stat().st_size for name in temporaries.values()},
     )
     return report  # the caller prints report.summary(): the CLI and `models build` print it once, on stdout

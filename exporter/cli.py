@@ -112,6 +112,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-input-gradients", dest="input_gradients", action="store_false",
                         help="leave out input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided "
                              "Grad-CAM): faster exports of deep networks, a smaller folder")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="int8: the INT8 edge explainer, the network up to the target layer statically quantised "
+                             "(head and backward float32, exact for the quantised activations); needs --calibration")
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="folder of representative images for --quantize, run through the model's preprocessing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_triton_arguments(parser)
     parser.set_defaults(handler=run)
@@ -129,6 +134,17 @@ def _read_labels(path: str) -> list[str]:
         raise CliError(f"cannot read --labels {path}: {getattr(error, 'strerror', None) or error}", code=2) from error
 
 
+def _check_quantize_arguments(args: argparse.Namespace) -> None:
+    """--quantize and --calibration go together; refused before torch loads and minutes of exporting."""
+    if args.quantize and not args.calibration:
+        raise CliError(f"--quantize {args.quantize} needs --calibration DIR: a folder of representative images",
+                       code=2)
+    if args.calibration and not args.quantize:
+        raise CliError("--calibration is only read with --quantize int8", code=2)
+    if args.calibration and not Path(args.calibration).is_dir():
+        raise CliError(f"--calibration {args.calibration} is not a folder of images", code=2)
+
+
 def run(args: argparse.Namespace) -> int:
     from exporter import ExportError
     from exporter.weights import check_weights_file, random_weights_warning, weights_origin
@@ -139,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         labels = _read_labels(args.labels) if args.labels else None
     except ExportError as error:
         raise CliError(str(error), code=2) from error
+    _check_quantize_arguments(args)
     check_writable_dir(Path(args.out), "--out")
     if args.triton_repo is not None:
         check_writable_dir(args.triton_repo, "--triton-repo")  # before minutes of exporting
@@ -161,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         if args.weights:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
-                        input_gradients=args.input_gradients,
+                        input_gradients=args.input_gradients, quantize=args.quantize, calibration=args.calibration,
                         std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
         raise CliError(str(error), code=2) from error
@@ -169,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         raise file_system_failure(error, f"exporting to {args.out}") from error
     if args.json:
         print(json.dumps({"summary": report.summary(), "weights": origin, "max_rel_errors": report.max_errors(),
-                          "seconds": report.seconds, "sizes_bytes": report.sizes_bytes}, indent=2))
+                          "seconds": report.seconds, "sizes_bytes": report.sizes_bytes,
+                          **({"quantized": report.quantized_check} if report.quantized_check else {})}, indent=2))
     else:
         random = "; RANDOM WEIGHTS (see the warning above)" if origin == contract.WEIGHTS_RANDOM else ""
         print(report.summary() + random)

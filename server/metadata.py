@@ -33,6 +33,8 @@ def metadata(model: LoadedModel) -> pb.ModelMetadata:
     # folders exported before base names were the rule may hold the exporting machine's paths
     recorded = info.raw.get("source")
     source = contract.source_without_paths(recorded if isinstance(recorded, dict) else {})
+    if info.raw.get("quantized"):  # an INT8 edge explainer: say so, and on how many images it was calibrated
+        source.update(quantized=info.raw["quantized"], calibration_images=info.raw.get("calibration_images", 0))
     return pb.ModelMetadata(
         name=info.name, labels=list(info.labels), num_classes=info.num_classes, input_height=info.input_size[0],
         input_width=info.input_size[1], target_layer=info.target_layer, activation_shape=list(info.activation_shape),
