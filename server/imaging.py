@@ -59,8 +59,12 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an encoded JPEG/PNG/WebP into an upright RGB image, refusing bombs before decoding."""
+def open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """The image as Pillow opens it lazily: format and size read from the header, no pixel decoded.
+
+    Everything a request's cost depends on (width x height) is known here, so a request that would
+    not fit the server's limits is refused before the decode; ``load`` decodes it afterwards.
+    """
     if not data:
         raise invalid("image is empty (0 bytes)")
     try:
@@ -84,6 +88,11 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise invalid(f"image has zero size ({width}x{height})")
     if width * height > max_pixels:
         raise invalid(f"image has too many pixels: {width}x{height} = {width * height}, the limit is {max_pixels}")
+    return image
+
+
+def load(image: Image.Image) -> Image.Image:
+    """Decode an image from ``open_header`` into an upright RGB image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -93,6 +102,11 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise invalid(f"image has too many pixels: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise invalid(f"{image.format} image is corrupt or truncated: {error}") from error
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an encoded JPEG/PNG/WebP into an upright RGB image, refusing bombs before decoding."""
+    return load(open_header(data, max_pixels))
 
 
 #: Kept for callers of the server's names; the code is onnxcam.preprocess's.

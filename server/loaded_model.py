@@ -24,6 +24,7 @@ from server.batcher import Batcher
 from server.budget import Costs
 from server.config import ServerConfig
 from server.model_info import ModelFolderError, ModelInfo
+from server.multipass import Gate
 from server.sessions import check_io, open_session
 
 log = logging.getLogger("onnxcam.server")
@@ -109,6 +110,7 @@ class LoadedModel:
         self.predict_batcher = Batcher(f"{self.name}/forward", self._run_forward, **batch)
         self.input_batcher = (Batcher(f"{self.name}/input_gradients", self._run_input_gradients, **batch)
                               if self.input_gradients is not None else None)
+        self.multipass = Gate(self.name, config.multipass_slots, config.multipass_queue)
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_linear(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -264,6 +266,21 @@ class LoadedModel:
                                                   pixels=pixels, head=self.head, forward=self.forward,
                                                   linear=self.linear, check=check)
         return self.gradient_free.serve[method](inputs)
+
+    def is_multi_pass(self, method: str) -> bool:
+        """Whether ``method`` runs many graph rows per image (it then goes through ``multipass``):
+        the sampled methods, and the gradient-free ones with a forward count (not EigenCAM, nor
+        Ablation-CAM by the closed form of a linear head)."""
+        kind = registry.get(method).kind
+        if kind is Kind.SAMPLED:
+            return True
+        if kind is not Kind.GRADIENT_FREE:
+            return False
+        k, fh, fw = self.info.activation_shape
+        try:
+            return self.gradient_free.module.forward_count(method, k, fh, fw, linear=self.linear is not None) > 0
+        except Exception:  # an unknown count: treat it as many rows
+            return True
 
     def batcher_for(self, graph: Graph) -> Batcher:
         """The batcher of a graph that sampled methods send rows to."""
