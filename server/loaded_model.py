@@ -264,7 +264,8 @@ class LoadedModel:
         runs and raises to stop the work (a deadline passed)."""
         inputs = self.gradient_free.module.Inputs(activations=activations, logits=logits, targets=targets,
                                                   pixels=pixels, head=self.head, forward=self.forward,
-                                                  linear=self.linear, check=check)
+                                                  linear=self.linear, check=check,
+                                                  **self._forward_rows())
         return self.gradient_free.serve[method](inputs)
 
     def is_multi_pass(self, method: str) -> bool:
@@ -281,6 +282,12 @@ class LoadedModel:
             return self.gradient_free.module.forward_count(method, k, fh, fw, linear=self.linear is not None) > 0
         except Exception:  # an unknown count: treat it as many rows
             return True
+
+    def _forward_rows(self) -> dict[str, int]:
+        """Score-CAM's forward rows per run: the batch size, so that a cancelled call stops within one
+        batch's time (an older gradient-free module without the field keeps its own)."""
+        fields = getattr(self.gradient_free.module.Inputs, "__dataclass_fields__", {})
+        return {"forward_rows": self.config.max_batch} if "forward_rows" in fields else {}
 
     def batcher_for(self, graph: Graph) -> Batcher:
         """The batcher of a graph that sampled methods send rows to."""
