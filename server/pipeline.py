@@ -261,8 +261,10 @@ class Pipeline:
             for name, method in declared.items():
                 if method.kind is Kind.GRADIENT_FREE:
                     check_deadline()
+                    started = time.perf_counter()
                     maps[name] = model.gradient_free_map(name, outputs[contract.OUTPUT_ACTIVATIONS], logits[:rows],
                                                          targets, pixels, check=check_deadline)
+                    model.observe(name, _ms(started, time.perf_counter()) / rows)
                 elif method.kind is Kind.SAMPLED:
                     pre = model.info.preprocess
                     baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
