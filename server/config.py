@@ -38,8 +38,10 @@ DEFAULT_MAX_WORK_MPIXELS = 100.0
 DEFAULT_MAX_WORK_S = 60.0
 #: Multi-pass requests (Ablation-CAM, Score-CAM, ReciproCAM, the sampled methods) of one model that run
 #: at once; more wait in a queue of ``multipass_queue`` (deadline and cancellation checked while waiting).
+#: Running and waiting ones hold a gRPC worker thread each, so together they stay well under ``workers``
+#: (default 8): one-call methods keep being served while multi-pass work queues.
 DEFAULT_MULTIPASS_SLOTS = 2
-DEFAULT_MULTIPASS_QUEUE = 8
+DEFAULT_MULTIPASS_QUEUE = 2
 
 
 @dataclass(frozen=True)
