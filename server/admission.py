@@ -4,7 +4,8 @@ gRPC's own ``maximum_concurrent_rpcs`` counts health checks with everything else
 threads serve them in arrival order behind queued Explain calls: under a 200-client load 24 of 27
 probes failed, and an orchestrator would have restarted a busy but healthy server. Here instead:
 
-- ``Health/Check`` runs on a small pool of its own (grpcio picks a method's pool from its
+- ``Health/Check`` (and the Open Inference Protocol's ServerLive, ServerReady, ModelReady) runs on a
+  small pool of its own (grpcio picks a method's pool from its
   behaviour's ``experimental_thread_pool``), is never counted and never refused;
 - every other RPC runs on the worker pool, which counts what it holds (queued or running; a stream
   counts once); beyond ``limit`` a new one is refused with RESOURCE_EXHAUSTED on the small pool, as
@@ -26,6 +27,10 @@ import grpc
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+#: Probes answered on the health threads, never counted nor refused: gRPC health checking, and the
+#: Open Inference Protocol's liveness and readiness (KServe's and Triton's probes).
+PROBES = frozenset({HEALTH_CHECK, "/inference.GRPCInferenceService/ServerLive",
+                    "/inference.GRPCInferenceService/ServerReady", "/inference.GRPCInferenceService/ModelReady"})
 #: Threads that answer health checks: a check takes microseconds, so a few serve any probe rate.
 HEALTH_THREADS = 2
 
@@ -116,7 +121,7 @@ class Admission(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
-        if details.method == HEALTH_CHECK:
+        if details.method in PROBES:
             return _rebuild(handler, _OnPool(_kind(handler)[1], self.health_pool))
         if self.stopping:
             return _refusal(handler, grpc.StatusCode.UNAVAILABLE, "the server is shutting down", self.health_pool)
