@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
                         help=f"gRPC worker threads (default {DEFAULTS.workers})")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=DEFAULTS.max_concurrent_rpcs,
-                        help="RPCs in progress before gRPC answers RESOURCE_EXHAUSTED "
-                             f"(default {DEFAULTS.max_concurrent_rpcs})")
+                        help="RPCs in progress (queued or running; health checks not counted) before new ones "
+                             f"get RESOURCE_EXHAUSTED (default {DEFAULTS.max_concurrent_rpcs})")
     parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
                         help="ONNX Runtime intra-op threads per session (default 0 = ONNX Runtime's choice)")
     parser.add_argument("--inter-op-threads", type=int, default=DEFAULTS.inter_op_threads,

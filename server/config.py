@@ -60,8 +60,8 @@ class ServerConfig:
     max_queue: int = 64
     #: gRPC worker threads: requests handled at once (decode and postprocess run on them).
     workers: int = 8
-    #: RPCs in progress (streams count once) beyond which gRPC itself answers RESOURCE_EXHAUSTED,
-    #: instead of queueing them without bound behind the worker threads.
+    #: RPCs in progress (queued or running; streams count once; health checks never) beyond which new
+    #: ones get RESOURCE_EXHAUSTED (server.admission), instead of queueing without bound behind the workers.
     max_concurrent_rpcs: int = 128
     #: ONNX Runtime threads per session; 0 lets ONNX Runtime choose.
     intra_op_threads: int = 0

@@ -126,3 +126,21 @@ def test_four_concurrent_png_bombs_are_refused_without_decoding(default_model_pr
     assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
     assert elapsed < QUICK_S
     assert after - before < RSS_SLACK_MIB
+
+
+def test_serve_takes_the_new_limits_and_checks_them():
+    from onnxcam.cli import build_parser
+    from server.cli import config_from_args
+    from server.config import ServerConfig
+
+    args = build_parser().parse_args(["serve", "--models", "m", "--max-work-mpixels", "50", "--max-work-s", "0",
+                                      "--multipass-slots", "1", "--multipass-queue", "0", "--drain-s", "5"])
+    chosen = config_from_args(args)
+    assert (chosen.max_work_mpixels, chosen.max_work_s, chosen.multipass_slots, chosen.multipass_queue,
+            chosen.drain_s) == (50.0, 0.0, 1, 0, 5.0)
+    defaults = config_from_args(build_parser().parse_args(["serve", "--models", "m"]))
+    assert (defaults.max_work_mpixels, defaults.max_work_s, defaults.multipass_queue, defaults.drain_s) == (
+        100.0, 60.0, 2, 0.0)
+    for bad in (dict(max_work_mpixels=0), dict(multipass_slots=0), dict(drain_s=-1), dict(max_work_s=-1)):
+        with pytest.raises(ValueError):
+            ServerConfig(**bad)
