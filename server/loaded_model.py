@@ -26,7 +26,7 @@ from server.budget import Costs
 from server.config import ServerConfig
 from server.model_info import ModelFolderError, ModelInfo
 from server.multipass import Gate
-from server.observed_costs import RobustCost
+from server.observed_costs import WINDOW, RobustCost
 from server.sessions import check_io, open_session
 
 log = logging.getLogger("onnxcam.server")
@@ -200,6 +200,13 @@ class LoadedModel:
         """The costs the budget, the deadline check and the work limit use: the load-time medians, with
         each gradient-free method's per-row cost updated from the requests served (server.observed_costs)."""
         return dataclasses.replace(self._measured, extra_ms={name: cost.ms for name, cost in self._extra.items()})
+
+    @costs.setter
+    def costs(self, value: Costs) -> None:
+        """Replace the costs (an override, tests): each gradient-free cost as if measured WINDOW times,
+        so requests served afterwards move it only once they fill half the window."""
+        self._measured = dataclasses.replace(value, extra_ms={})
+        self._extra = {name: RobustCost([ms] * WINDOW) for name, ms in value.extra_ms.items()}
 
     def observations(self, method: str) -> int:
         """How many timings a gradient-free method's cost is the median of (load-time and observed)."""
