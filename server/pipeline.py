@@ -133,14 +133,12 @@ class Pipeline:
             prepared = imaging.prepare_tensor(list(request.tensor.shape), data, model.info.preprocess)
         return prepared, _ms(start, decoded), _ms(decoded, time.perf_counter())
 
-    def _check_work(self, model: LoadedModel, source: Source, chosen: list[str], rows: int, options: Options,
-                    render_ms: float, sampled_rows: dict[str, int]) -> None:
-        """Refuse, before decoding, what cannot fit the response limit or the per-request work limits."""
+    def _check_work(self, model: LoadedModel, source: Source, chosen: list[str], rows: int, options: Options) -> None:
+        """Refuse, before decoding, what cannot fit the response limit or the pixel-work limit."""
         work.check(work.Request(source.height, source.width, chosen, rows, options.raw, options.heatmap_png,
                                 options.overlay_png, options.max_render_side, model.info.activation_shape[1:],
                                 model.info.input_size),
-                   self.config.max_send_bytes, self.config.max_work_mpixels, costs=model.costs, render_ms=render_ms,
-                   sampled_rows=sampled_rows, max_work_s=self.config.max_work_s, model=model.name)
+                   self.config.max_send_bytes, self.config.max_work_mpixels)
 
     def _skip(self, model: LoadedModel, wanted: list[str]) -> tuple[list[str], list[pb.Skipped]]:
         usable, skipped = [], []
@@ -216,9 +214,11 @@ class Pipeline:
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
                                            render_ms, sampled_rows)
         skipped += over_budget
-        self._check_work(model, source, chosen, rows, options, render_ms, sampled_rows)
-        fits.check(model.costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
+        self._check_work(model, source, chosen, rows, options)
+        costs = model.costs
+        fits.check(costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
                    model.methods)
+        work.check_compute(costs, model.name, chosen, rows, render_ms, sampled_rows, self.config.max_work_s)
         prepared, decode_ms, preprocess_ms = self._prepare(request, model, source)
         decode_ms += header_ms
         geometry = prepared.geometry

@@ -127,11 +127,9 @@ def _instead(request: Request, found: Estimate) -> str:
     return "; ".join(options)
 
 
-def check(request: Request, max_send_bytes: int, max_mpixels: float, *, costs: budget.Costs | None = None,
-          render_ms: float = 0.0, sampled_rows: Mapping[str, int] | None = None, max_work_s: float = 0.0,
-          model: str = "") -> Estimate:
-    """Raise RESOURCE_EXHAUSTED when the request cannot fit the response limit, the pixel-work limit
-    or (with ``costs`` and ``max_work_s`` > 0) the compute-time limit; else return the estimate."""
+def check(request: Request, max_send_bytes: int, max_mpixels: float) -> Estimate:
+    """Raise RESOURCE_EXHAUSTED when the request cannot fit the response limit or the pixel-work
+    limit; else return the estimate."""
     found = estimate(request)
     if found.response_bytes > max_send_bytes:
         raise exhausted(
@@ -143,12 +141,20 @@ def check(request: Request, max_send_bytes: int, max_mpixels: float, *, costs: b
             f"not started: the request would process about {found.mpixels:.0f} megapixels (a "
             f"{request.image_width}x{request.image_height} image and {found.maps} maps), above this server's "
             f"limit of {max_mpixels:g} per request; ask for {_instead(request, found)}")
-    if costs is not None and max_work_s > 0 and request.methods:
-        need_ms = budget.set_cost(costs, request.methods, request.rows, render_ms, sampled_rows)
-        if need_ms > max_work_s * 1000.0:
-            raise exhausted(
-                f"not started: {', '.join(request.methods)} on {model} for {request.rows} target(s) would take "
-                f"about {need_ms / 1000.0:.1f} s by the server's measurements, above its limit of {max_work_s:g} s "
-                "per request; ask for fewer targets, cheaper methods (one graph call: gradcam, gradcampp), or fewer "
-                "samples, steps or occlusion positions")
     return found
+
+
+def check_compute(costs: budget.Costs, model: str, methods: Sequence[str], rows: int, render_ms: float,
+                  sampled_rows: Mapping[str, int] | None, max_work_s: float) -> None:
+    """Raise RESOURCE_EXHAUSTED when the measured costs of ``methods`` exceed ``max_work_s`` (0: no
+    limit). Checked after the caller's deadline (server.fits): a deadline that cannot be met is the
+    more useful answer when there is one."""
+    if max_work_s <= 0 or not methods:
+        return
+    need_ms = budget.set_cost(costs, methods, rows, render_ms, sampled_rows)
+    if need_ms > max_work_s * 1000.0:
+        raise exhausted(
+            f"not started: {', '.join(methods)} on {model} for {rows} target(s) would take about "
+            f"{need_ms / 1000.0:.1f} s by the server's measurements, above its limit of {max_work_s:g} s per "
+            "request; ask for fewer targets, cheaper methods (one graph call: gradcam, gradcampp), or fewer "
+            "samples, steps or occlusion positions")
