@@ -12,7 +12,7 @@ import logging
 import signal
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import grpc
@@ -23,6 +23,7 @@ from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
 from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
 from server import auth, open_inference, reflection, tls
+from server.admission import Admission, CountingPool
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from server.observed import ObservedPipeline
@@ -75,9 +76,12 @@ class ExplainerServer:
         self.pipeline = ObservedPipeline(repository, config, self.metrics, config.logs_requests)
         self.service = ExplainerService(self.pipeline, stream_workers=config.workers, log_requests=config.log_requests)
         self.health = health.HealthServicer()
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
-                                   options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                                   interceptors=interceptors(config, self.metrics))
+        # The concurrency limit is Admission's, not gRPC's: gRPC's counts (and queues) health checks too.
+        # Admission is outermost: it moves health checks to their own pool on the handler gRPC runs.
+        self.admission = Admission(CountingPool(max_workers=config.workers, thread_name_prefix="grpc"),
+                                   config.max_concurrent_rpcs)
+        self._server = grpc.server(self.admission.pool, options=grpc_options(config),
+                                   interceptors=[self.admission, *interceptors(config, self.metrics)])
         # The Open Inference Protocol (KServe v2) on the same port: Triton's and KServe's clients call it.
         self.open_inference = open_inference.OpenInferenceService(
             self.pipeline, is_ready=lambda: self._stopping is None, workers=config.workers)
@@ -116,20 +120,37 @@ class ExplainerServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self
 
-    def begin_stop(self, grace_s: float | None = None) -> threading.Event:
-        """Refuse new RPCs from now on and stop batches waiting to fill; the event is set once the
-        in-flight RPCs finished (or ``grace_s`` passed)."""
+    def begin_stop(self, grace_s: float | None = None, drain_s: float = 0.0) -> threading.Event:
+        """Health says NOT_SERVING from now on; requests are still accepted for ``drain_s`` seconds
+        (an orchestrator removes the endpoint meanwhile), then new ones are refused (UNAVAILABLE, the
+        listener stays open for health probes) and in-flight ones get ``grace_s`` seconds before they
+        are cancelled. The event is set once the gRPC server has stopped."""
         if self._stopping is None:
-            self.health.enter_graceful_shutdown()  # health checks say NOT_SERVING from now on
-            for model in self.repository.models.values():
-                for batcher in model.batchers:
-                    batcher.drain()
-            self._stopping = self._server.stop(self.config.grace_s if grace_s is None else grace_s)
+            self._stopping = threading.Event()
+            self.health.enter_graceful_shutdown()
+            grace_s = self.config.grace_s if grace_s is None else grace_s
+            if drain_s <= 0:
+                self.admission.stopping = True  # at once: a request sent after this call is refused
+            threading.Thread(target=self._drain, args=(grace_s, drain_s), name="drain", daemon=True).start()
         return self._stopping
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Refuse new RPCs, let in-flight ones finish (up to ``grace_s``), then free the models."""
-        self.begin_stop(grace_s).wait()
+    def _drain(self, grace_s: float, drain_s: float) -> None:
+        time.sleep(drain_s)
+        self.admission.stopping = True
+        for model in self.repository.models.values():
+            for batcher in model.batchers:
+                batcher.drain()
+        end = time.monotonic() + grace_s
+        while self.admission.busy and time.monotonic() < end:
+            time.sleep(0.02)
+        # What is left (calls past the grace, idle health Watch streams) is cancelled now; multi-pass
+        # work sees its caller gone at its next chunk.
+        self._server.stop(0).wait()
+        self._stopping.set()
+
+    def stop(self, grace_s: float | None = None, drain_s: float = 0.0) -> None:
+        """Stop as ``begin_stop`` says and wait for it, then free the models."""
+        self.begin_stop(grace_s, drain_s).wait()
         if not self._released:
             self._released = True
             self.service.close()
@@ -137,6 +158,7 @@ class ExplainerServer:
             if self.metrics is not None:
                 self.metrics.close()
             self.repository.close()
+            self.admission.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()
@@ -238,10 +260,12 @@ def serve(models_dir: Path, config: ServerConfig) -> int:
     try:
         while not stop.wait(1.0):
             pass
-        server.begin_stop()
-        log.info("%s: draining; new requests are refused, in-flight ones get up to %g s", received[0],
-                 config.grace_s)
-        server.stop()
+        server.begin_stop(drain_s=config.drain_s)
+        if config.drain_s:
+            log.info("%s: health says NOT_SERVING; requests are accepted for %g s more", received[0], config.drain_s)
+        log.info("%s: draining%s; new requests are refused, in-flight ones get up to %g s", received[0],
+                 f" in {config.drain_s:g} s" if config.drain_s else "", config.grace_s)
+        server.stop(drain_s=config.drain_s)
         log.info("stopped")
     finally:
         for sig, handler in previous.items():

@@ -16,9 +16,11 @@ Images are refused (INVALID_ARGUMENT) above --max-image-pixels (default {DEFAULT
 decoding; JPEG, PNG and WebP only unless --image-formats lists more. A model whose queue holds --max-queue
 rows answers RESOURCE_EXHAUSTED. Two model folders with one model name stop the start. gRPC health checking
 (grpc.health.v1) and server reflection are on (reflection is off with --auth-token-file unless
---reflection). SIGTERM/SIGINT: health turns NOT_SERVING, new requests are
-refused, in-flight ones get --grace-s seconds to finish. A call without a deadline (gRPC's default) has none,
-unless --max-request-s sets the server's own.
+--reflection). Before decoding, a request whose response would exceed --max-send-mb, or whose work
+exceeds --max-work-mpixels or --max-work-s, is refused (RESOURCE_EXHAUSTED).
+SIGTERM/SIGINT: health turns NOT_SERVING (requests still accepted for --drain-s), then new requests are
+refused, in-flight ones get --grace-s seconds to finish, and the process exits. A call without a
+deadline (gRPC's default) has none, unless --max-request-s sets the server's own.
 """
 
 
@@ -43,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
                         help=f"gRPC worker threads (default {DEFAULTS.workers})")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=DEFAULTS.max_concurrent_rpcs,
-                        help="RPCs in progress before gRPC answers RESOURCE_EXHAUSTED "
-                             f"(default {DEFAULTS.max_concurrent_rpcs})")
+                        help="RPCs in progress (queued or running; health checks not counted) before new ones "
+                             f"get RESOURCE_EXHAUSTED (default {DEFAULTS.max_concurrent_rpcs})")
     parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
                         help="ONNX Runtime intra-op threads per session (default 0 = ONNX Runtime's choice)")
     parser.add_argument("--inter-op-threads", type=int, default=DEFAULTS.inter_op_threads,
@@ -68,8 +70,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-render-side", type=int, default=DEFAULTS.max_render_side,
                         help="largest side of the heatmap and overlay PNGs in pixels, aspect ratio kept (default "
                              f"{DEFAULTS.max_render_side}; 0 = the original image size); raw maps are not scaled")
+    parser.add_argument("--max-work-mpixels", type=float, default=DEFAULTS.max_work_mpixels,
+                        help="pixel work per request in megapixels: the decoded image times its passes plus every "
+                             "PNG's pixels, estimated from the image header and refused (RESOURCE_EXHAUSTED) before "
+                             f"decoding (default {DEFAULTS.max_work_mpixels:g})")
+    parser.add_argument("--max-work-s", type=float, default=DEFAULTS.max_work_s,
+                        help="compute per request in seconds by the server's load-time measurements; more is refused "
+                             f"before starting (default {DEFAULTS.max_work_s:g}; 0 = no limit)")
+    parser.add_argument("--multipass-slots", type=int, default=DEFAULTS.multipass_slots,
+                        help="multi-pass requests (Ablation-CAM, Score-CAM, ReciproCAM, sampled methods) per model "
+                             f"running at once (default {DEFAULTS.multipass_slots})")
+    parser.add_argument("--multipass-queue", type=int, default=DEFAULTS.multipass_queue,
+                        help="multi-pass requests per model waiting for a slot before RESOURCE_EXHAUSTED "
+                             f"(default {DEFAULTS.multipass_queue})")
+    parser.add_argument("--drain-s", type=float, default=DEFAULTS.drain_s,
+                        help="seconds after SIGTERM that health says NOT_SERVING while requests are still accepted "
+                             f"(time for an orchestrator to remove the endpoint; default {DEFAULTS.drain_s:g})")
     parser.add_argument("--grace-s", type=float, default=DEFAULTS.grace_s,
-                        help=f"seconds in-flight requests get after SIGTERM (default {DEFAULTS.grace_s:g})")
+                        help="seconds in-flight requests get to finish once the drain starts; then they are cancelled "
+                             f"and the process exits (default {DEFAULTS.grace_s:g})")
     parser.add_argument("--max-request-s", type=float, default=DEFAULTS.max_request_s,
                         help="the server's own limit on one request in seconds, on top of the caller's deadline "
                              "(default 0: none; a call without a deadline then runs to the end)")
@@ -117,7 +136,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         inter_op_threads=args.inter_op_threads, spin=args.spin, device=args.device,
         max_receive_bytes=int(args.max_receive_mb * MIB), max_send_bytes=int(args.max_send_mb * MIB),
         max_image_pixels=args.max_image_pixels, max_targets=args.max_targets,
-        max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side, grace_s=args.grace_s,
+        max_sampled_rows=args.max_sampled_rows, max_render_side=args.max_render_side,
+        max_work_mpixels=args.max_work_mpixels, max_work_s=args.max_work_s, multipass_slots=args.multipass_slots,
+        multipass_queue=args.multipass_queue, drain_s=args.drain_s, grace_s=args.grace_s,
         max_request_s=args.max_request_s, log_requests=args.log_requests, log_format=args.log_format,
         tls_cert=str(args.tls_cert or ""), tls_key=str(args.tls_key or ""), tls_client_ca=str(args.tls_client_ca or ""),
         auth_token_file=str(args.auth_token_file or ""), reflection=args.reflection, metrics_port=args.metrics_port,

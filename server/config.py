@@ -35,6 +35,18 @@ DEFAULT_MAX_RENDER_SIDE = 2048
 #: (TIFF above all), and cameras and browsers send JPEG, PNG or WebP.
 DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Pixel work one request may cause, in megapixels: the decoded image times its passes (decode, the
+#: model's resize, the overlay background) plus every PNG's pixels (server.work). A 24-megapixel photo
+#: with a few overlays fits; a 40-megapixel image with PNGs, or 80 overlays of a 6-megapixel photo, do not.
+DEFAULT_MAX_WORK_MPIXELS = 100.0
+#: Compute one request may cost by the server's load-time measurements, in seconds; 0: no limit.
+DEFAULT_MAX_WORK_S = 60.0
+#: Multi-pass requests (Ablation-CAM, Score-CAM, ReciproCAM, the sampled methods) of one model that run
+#: at once; more wait in a queue of ``multipass_queue`` (deadline and cancellation checked while waiting).
+#: Running and waiting ones hold a gRPC worker thread each, so together they stay well under ``workers``
+#: (default 8): one-call methods keep being served while multi-pass work queues.
+DEFAULT_MULTIPASS_SLOTS = 2
+DEFAULT_MULTIPASS_QUEUE = 2
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,8 @@ class ServerConfig:
     max_queue: int = 64
     #: gRPC worker threads: requests handled at once (decode and postprocess run on them).
     workers: int = 8
-    #: RPCs in progress (streams count once) beyond which gRPC itself answers RESOURCE_EXHAUSTED,
-    #: instead of queueing them without bound behind the worker threads.
+    #: RPCs in progress (queued or running; streams count once; health checks never) beyond which new
+    #: ones get RESOURCE_EXHAUSTED (server.admission), instead of queueing without bound behind the workers.
     max_concurrent_rpcs: int = 128
     #: ONNX Runtime threads per session; 0 lets ONNX Runtime choose.
     intra_op_threads: int = 0
@@ -70,7 +82,15 @@ class ServerConfig:
     max_sampled_rows: int = DEFAULT_MAX_SAMPLED_ROWS
     #: Largest side of the PNGs in pixels (a request may ask for less); 0: the original image size.
     max_render_side: int = DEFAULT_MAX_RENDER_SIDE
-    #: Seconds in-flight requests get to finish after SIGTERM.
+    max_work_mpixels: float = DEFAULT_MAX_WORK_MPIXELS
+    max_work_s: float = DEFAULT_MAX_WORK_S
+    multipass_slots: int = DEFAULT_MULTIPASS_SLOTS
+    multipass_queue: int = DEFAULT_MULTIPASS_QUEUE
+    #: Seconds after SIGTERM during which health says NOT_SERVING but requests are still accepted (an
+    #: orchestrator removes the endpoint in that time), before the drain starts.
+    drain_s: float = 0.0
+    #: Seconds in-flight requests get to finish after the drain starts; then they are cancelled, and
+    #: the process exits.
     grace_s: float = 30.0
     #: The server's own limit on one request, in seconds, applied on top of the caller's deadline
     #: (the earlier wins); 0: none, a request without a client deadline runs to the end.
@@ -103,10 +123,10 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "workers", "max_concurrent_rpcs", "max_receive_bytes", "max_send_bytes",
-                    "max_image_pixels", "max_targets", "max_sampled_rows")
+                    "max_image_pixels", "max_targets", "max_sampled_rows", "max_work_mpixels", "multipass_slots")
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
-        non_negative = ("max_delay_ms", "grace_s", "intra_op_threads", "inter_op_threads", "max_request_s",
-                        "max_render_side")
+        non_negative = ("max_delay_ms", "grace_s", "drain_s", "max_work_s", "multipass_queue", "intra_op_threads",
+                        "inter_op_threads", "max_request_s", "max_render_side")
         bad += [f"{name}={getattr(self, name)}" for name in non_negative if getattr(self, name) < 0]
         if self.log_format not in ("text", "json"):
             bad.append(f"log_format={self.log_format!r}")

@@ -475,6 +475,9 @@ class Inputs:
     #: Weight and bias of a GAP + linear head (cam_linear.npz), else None.
     linear: tuple[np.ndarray, np.ndarray] | None = None
     check: Check | None = None
+    #: forward.onnx rows per run (Score-CAM): ``check`` runs between runs, so this bounds how long a
+    #: caller that went away keeps the server busy.
+    forward_rows: int = 32
 
     @property
     def head_pixels(self) -> np.ndarray | None:
@@ -489,7 +492,7 @@ def serve_ablationcam(x: Inputs) -> np.ndarray:
 
 
 def serve_scorecam(x: Inputs) -> np.ndarray:
-    return score_cam(x.forward, x.pixels, x.activations, x.targets, check=x.check)
+    return score_cam(x.forward, x.pixels, x.activations, x.targets, batch_size=x.forward_rows, check=x.check)
 
 
 def serve_reciprocam(x: Inputs) -> np.ndarray:

@@ -91,9 +91,13 @@ def _format_names(formats: tuple[str, ...]) -> str:
     return ", ".join("WebP" if name == "WEBP" else name for name in formats)
 
 
-def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
-    """Decode an encoded image in one of ``formats`` (Pillow's names) into an upright RGB image,
-    refusing bombs before decoding. Only ``formats``' parsers ever see the bytes."""
+def open_header(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """The image as Pillow opens it lazily, in one of ``formats`` (Pillow's names): format and size read
+    from the header, no pixel decoded. Only ``formats``' parsers ever see the bytes.
+
+    Everything a request's cost depends on (width x height) is known here, so a request that would
+    not fit the server's limits is refused before the decode; ``load`` decodes it afterwards.
+    """
     if not data:
         raise invalid("image is empty (0 bytes)")
     try:
@@ -120,15 +124,23 @@ def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> 
     if width * height > max_pixels:
         raise invalid(f"image has too many pixels: {width}x{height} = {width * height}, the limit is {max_pixels} "
                       "(onnxcam serve --max-image-pixels)")
+    return image
+
+
+def load(image: Image.Image) -> Image.Image:
+    """Decode an image from ``open_header`` into an upright RGB image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
             return preprocessing.upright_rgb(image)
-    except Image.DecompressionBombError as error:
-        raise _too_many_pixels(data, max_pixels) from error
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, IndexError) as error:
         raise invalid(f"{image.format} image is corrupt or truncated: {error}") from error
+
+
+def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """Decode an encoded image in one of ``formats`` into an upright RGB image, refusing bombs before decoding."""
+    return load(open_header(data, max_pixels, formats))
 
 
 #: Kept for callers of the server's names; the code is onnxcam.preprocess's.

@@ -7,6 +7,7 @@ measures the per-method costs that the latency budget uses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -24,6 +25,8 @@ from server.batcher import Batcher
 from server.budget import Costs
 from server.config import ServerConfig
 from server.model_info import ModelFolderError, ModelInfo
+from server.multipass import Gate
+from server.observed_costs import WINDOW, RobustCost
 from server.sessions import check_classes, check_io, open_session
 
 log = logging.getLogger("onnxcam.server")
@@ -108,12 +111,13 @@ class LoadedModel:
         self.linear = self._load_linear()
         self.gradient_free = gradient_free_api.load()
         self.methods, self.unavailable = self._methods()
-        self.costs = self._warm_up_and_measure()
+        self._measured, self._extra = self._warm_up_and_measure()
         batch = dict(max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000.0, max_queue=config.max_queue)
         self.explain_batcher = Batcher(f"{self.name}/explainer", self._run_explainer, **batch)
         self.predict_batcher = Batcher(f"{self.name}/forward", self._run_forward, **batch)
         self.input_batcher = (Batcher(f"{self.name}/input_gradients", self._run_input_gradients, **batch)
                               if self.input_gradients is not None else None)
+        self.multipass = Gate(self.name, config.multipass_slots, config.multipass_queue)
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_linear(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -161,7 +165,7 @@ class LoadedModel:
                 available.append(method.name)
         return available, unavailable
 
-    def _warm_up_and_measure(self) -> Costs:
+    def _warm_up_and_measure(self) -> tuple[Costs, dict[str, RobustCost]]:
         h, w = self.info.input_size
         rng = np.random.default_rng(0)
         pixels = rng.standard_normal((1, 3, h, w)).astype(np.float32)
@@ -181,10 +185,11 @@ class LoadedModel:
         gradient_free = [m for m in self.methods if registry.get(m).kind is Kind.GRADIENT_FREE]
         per_row = self._per_row_ms({registry.get(m).runs for m in gradient_free}, pixels, activations)
         targets = np.argmax(logits, axis=1).astype(np.int64)
-        extra = {}
+        extra: dict[str, RobustCost] = {}
         for method in gradient_free:
             try:
-                extra[method] = self._measure_gradient_free(method, per_row, pixels, activations, logits, targets)
+                extra[method] = RobustCost(self._measure_gradient_free(method, per_row, pixels, activations, logits,
+                                                                       targets))
             except Exception as error:
                 log.warning("%s: %s fails on this model (%s); it is off", self.name, method, error)
                 self.methods.remove(method)
@@ -196,7 +201,29 @@ class LoadedModel:
                     contract.INPUT_RULE: np.full((1,), contract.RULE_GUIDED, np.int64)}
             self._run_input_gradients(feed)
             input_ms = _median_ms(lambda: self._run_input_gradients(feed))
-        return Costs(predict_ms, explainer_ms, extra, self._render_ms_per_mpixel(), input_ms)
+        return Costs(predict_ms, explainer_ms, {}, self._render_ms_per_mpixel(), input_ms), extra
+
+    @property
+    def costs(self) -> Costs:
+        """The costs the budget, the deadline check and the work limit use: the load-time medians, with
+        each gradient-free method's per-row cost updated from the requests served (server.observed_costs)."""
+        return dataclasses.replace(self._measured, extra_ms={name: cost.ms for name, cost in self._extra.items()})
+
+    @costs.setter
+    def costs(self, value: Costs) -> None:
+        """Replace the costs (an override, tests): each gradient-free cost as if measured WINDOW times,
+        so requests served afterwards move it only once they fill half the window."""
+        self._measured = dataclasses.replace(value, extra_ms={})
+        self._extra = {name: RobustCost([ms] * WINDOW) for name, ms in value.extra_ms.items()}
+
+    def observations(self, method: str) -> int:
+        """How many timings a gradient-free method's cost is the median of (load-time and observed)."""
+        return len(self._extra[method]) if method in self._extra else 0
+
+    def observe(self, method: str, ms_per_row: float) -> None:
+        """A gradient-free method's cost per row on a request that ran to the end."""
+        if method in self._extra:
+            self._extra[method].observe(ms_per_row)
 
     def _head_feed(self, activations: np.ndarray, pixels: np.ndarray) -> dict[str, np.ndarray]:
         feed = {contract.INPUT_ACTIVATIONS: activations}
@@ -217,10 +244,10 @@ class LoadedModel:
         return per_row
 
     def _measure_gradient_free(self, method: str, per_row: dict[Graph, float], pixels: np.ndarray,
-                               activations: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> float:
-        """Extra ms per row of a gradient-free method, checked to work on this model: its row count
-        (known before running) x the measured ms per row of the graph it runs, or one real call when
-        that is quick."""
+                               activations: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> list[float]:
+        """Timings (extra ms per row) of a gradient-free method, checked to work on this model: its row
+        count (known before running) x the median ms per row of the graph it runs, or real calls when
+        they are quick (up to TIMING_RUNS of them, within FULL_MEASURE_LIMIT_MS in all)."""
         k, fh, fw = self.info.activation_shape
         try:
             count = int(self.gradient_free.module.forward_count(method, k, fh, fw, linear=self.linear is not None))
@@ -234,13 +261,15 @@ class LoadedModel:
                 self.gradient_free_map(method, activations, logits, targets, pixels, check=_first_chunk_only())
             except _FirstChunkDone:
                 pass
-            return estimate
-        start = time.perf_counter()
-        result = self.gradient_free_map(method, activations, logits, targets, pixels)
-        measured = (time.perf_counter() - start) * 1000.0
-        if np.shape(result) != (1, fh, fw):
-            raise ValueError(f"it returned shape {np.shape(result)}, not (1, {fh}, {fw})")
-        return measured
+            return [estimate]
+        timings: list[float] = []
+        while len(timings) < TIMING_RUNS and sum(timings) * (1 + 1 / max(len(timings), 1)) < FULL_MEASURE_LIMIT_MS:
+            start = time.perf_counter()
+            result = self.gradient_free_map(method, activations, logits, targets, pixels)
+            timings.append((time.perf_counter() - start) * 1000.0)
+            if np.shape(result) != (1, fh, fw):
+                raise ValueError(f"it returned shape {np.shape(result)}, not (1, {fh}, {fw})")
+        return timings
 
     def _render_ms_per_mpixel(self) -> float:
         """Upsample + grayscale PNG + overlay of one map on a probe image, per megapixel."""
@@ -270,8 +299,30 @@ class LoadedModel:
         runs and raises to stop the work (a deadline passed)."""
         inputs = self.gradient_free.module.Inputs(activations=activations, logits=logits, targets=targets,
                                                   pixels=pixels, head=self.head, forward=self.forward,
-                                                  linear=self.linear, check=check)
+                                                  linear=self.linear, check=check,
+                                                  **self._forward_rows())
         return self.gradient_free.serve[method](inputs)
+
+    def is_multi_pass(self, method: str) -> bool:
+        """Whether ``method`` runs many graph rows per image (it then goes through ``multipass``):
+        the sampled methods, and the gradient-free ones with a forward count (not EigenCAM, nor
+        Ablation-CAM by the closed form of a linear head)."""
+        kind = registry.get(method).kind
+        if kind is Kind.SAMPLED:
+            return True
+        if kind is not Kind.GRADIENT_FREE:
+            return False
+        k, fh, fw = self.info.activation_shape
+        try:
+            return self.gradient_free.module.forward_count(method, k, fh, fw, linear=self.linear is not None) > 0
+        except Exception:  # an unknown count: treat it as many rows
+            return True
+
+    def _forward_rows(self) -> dict[str, int]:
+        """Score-CAM's forward rows per run: the batch size, so that a cancelled call stops within one
+        batch's time (an older gradient-free module without the field keeps its own)."""
+        fields = getattr(self.gradient_free.module.Inputs, "__dataclass_fields__", {})
+        return {"forward_rows": self.config.max_batch} if "forward_rows" in fields else {}
 
     def batcher_for(self, graph: Graph) -> Batcher:
         """The batcher of a graph that sampled methods send rows to."""

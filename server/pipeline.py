@@ -6,6 +6,7 @@ RequestError carrying its status code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -14,12 +15,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from onnxcam import contract, sampling
 from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from onnxcam.proto import explainer_pb2 as pb
-from server import budget, deadlines, fits, heatmaps, imaging, methods, sampled
+from server import budget, deadlines, fits, heatmaps, imaging, methods, sampled, work
 from server.batcher import BatchResult
 from server.config import ServerConfig
 from server.errors import cancelled, deadline, invalid
@@ -90,6 +92,16 @@ def parse_options(request: pb.ExplainRequest, model: LoadedModel, config: Server
     )
 
 
+@dataclass(frozen=True)
+class Source:
+    """The request's input before decoding: its size (from the image header, or the tensor's)."""
+
+    height: int
+    width: int
+    #: The lazily opened image; None for a tensor input.
+    header: Image.Image | None = None
+
+
 def _ms(start: float, end: float) -> float:
     return (end - start) * 1000.0
 
@@ -120,21 +132,38 @@ class Pipeline:
         self.repository = repository
         self.config = config
 
-    def _prepare(self, request: pb.ExplainRequest, model: LoadedModel) -> tuple[imaging.Prepared, float, float]:
-        """(prepared input, decode ms, preprocess ms)."""
+    def _open(self, request: pb.ExplainRequest, model: LoadedModel) -> tuple[Source, float]:
+        """The input with its size known and nothing decoded yet, and the ms that took."""
         kind = request.WhichOneof("input")
         start = time.perf_counter()
         if kind == "image":
-            image = imaging.decode(request.image, self.config.max_image_pixels, self.config.image_formats)
+            header = imaging.open_header(request.image, self.config.max_image_pixels, self.config.image_formats)
+            width, height = header.size  # EXIF rotation may swap them; area and longer side stay
+            return Source(height, width, header), _ms(start, time.perf_counter())
+        if kind == "tensor":
+            return Source(*model.info.preprocess.crop), _ms(start, time.perf_counter())
+        raise invalid("the request has no input: set image (encoded bytes) or tensor")
+
+    def _prepare(self, request: pb.ExplainRequest, model: LoadedModel,
+                 source: Source) -> tuple[imaging.Prepared, float, float]:
+        """(prepared input, decode ms, preprocess ms)."""
+        start = time.perf_counter()
+        if source.header is not None:
+            image = imaging.load(source.header)
             decoded = time.perf_counter()
             prepared = imaging.prepare_image(image, model.info.preprocess)
-        elif kind == "tensor":
+        else:
             data = np.asarray(request.tensor.data, dtype=np.float32)
             decoded = time.perf_counter()
             prepared = imaging.prepare_tensor(list(request.tensor.shape), data, model.info.preprocess)
-        else:
-            raise invalid("the request has no input: set image (encoded bytes) or tensor")
         return prepared, _ms(start, decoded), _ms(decoded, time.perf_counter())
+
+    def _check_work(self, model: LoadedModel, source: Source, chosen: list[str], rows: int, options: Options) -> None:
+        """Refuse, before decoding, what cannot fit the response limit or the pixel-work limit."""
+        work.check(work.Request(source.height, source.width, chosen, rows, options.raw, options.heatmap_png,
+                                options.overlay_png, options.max_render_side, model.info.activation_shape[1:],
+                                model.info.input_size),
+                   self.config.max_send_bytes, self.config.max_work_mpixels)
 
     def _skip(self, model: LoadedModel, wanted: list[str]) -> tuple[list[str], list[pb.Skipped]]:
         usable, skipped = [], []
@@ -201,18 +230,23 @@ class Pipeline:
         start = time.perf_counter()
         model = self.repository.get(request.model)
         options = parse_options(request, model, self.config)
-        prepared, decode_ms, preprocess_ms = self._prepare(request, model)
+        source, header_ms = self._open(request, model)
         usable, skipped = self._skip(model, options.methods)
         rows = max(len(options.targets), 1)
-        geometry = prepared.geometry
         sampled_rows = self._sampled_rows(model, usable, options, rows)
         render_ms = self._render_ms(model, options, math.prod(heatmaps.render_size(
-            geometry.height, geometry.width, options.max_render_side)))
+            source.height, source.width, options.max_render_side)))
         chosen, over_budget = self._budget(model, usable, options, rows, _ms(start, time.perf_counter()),
                                            render_ms, sampled_rows)
         skipped += over_budget
-        fits.check(model.costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
+        self._check_work(model, source, chosen, rows, options)
+        costs = model.costs
+        fits.check(costs, model.name, chosen, rows, render_ms, sampled_rows, deadline_at, options.budget_ms,
                    model.methods)
+        work.check_compute(costs, model.name, chosen, rows, render_ms, sampled_rows, self.config.max_work_s)
+        prepared, decode_ms, preprocess_ms = self._prepare(request, model, source)
+        decode_ms += header_ms
+        geometry = prepared.geometry
         declared = {name: registry.get(name) for name in chosen}
         rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
         pixels = np.repeat(prepared.pixels[None], rows, axis=0)
@@ -248,19 +282,23 @@ class Pipeline:
                 raise cancelled("the caller went away")
 
         stats: dict[str, list[dict[str, float]]] = {}
-        for name, method in declared.items():
-            if method.kind is Kind.GRADIENT_FREE:
-                check_deadline()
-                maps[name] = model.gradient_free_map(name, outputs[contract.OUTPUT_ACTIVATIONS], logits[:rows],
-                                                     targets, pixels, check=check_deadline)
-            elif method.kind is Kind.SAMPLED:
-                pre = model.info.preprocess
-                baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
-                sampler = sampling.SAMPLERS[name](prepared.pixels, targets, options.sampling, baseline=baseline)
-                maps[name], _ = sampled.run(sampler, model.batcher_for(method.runs),
+        multi_pass = [name for name in declared if model.is_multi_pass(name)]
+        with model.multipass.enter(deadline_at, is_active) if multi_pass else contextlib.nullcontext():
+            for name, method in declared.items():
+                if method.kind is Kind.GRADIENT_FREE:
+                    check_deadline()
+                    started = time.perf_counter()
+                    maps[name] = model.gradient_free_map(name, outputs[contract.OUTPUT_ACTIVATIONS], logits[:rows],
+                                                         targets, pixels, check=check_deadline)
+                    model.observe(name, _ms(started, time.perf_counter()) / rows)
+                elif method.kind is Kind.SAMPLED:
+                    pre = model.info.preprocess
+                    baseline = sampling.baseline_pixels(options.sampling, pre.mean, pre.std, prepared.pixels.shape)
+                    sampler = sampling.SAMPLERS[name](prepared.pixels, targets, options.sampling, baseline=baseline)
+                    maps[name], _ = sampled.run(sampler, model.batcher_for(method.runs),
                                                 lambda future: self.wait(future, deadline_at), check_deadline,
                                                 deadline_at)
-                stats[name] = sampler.stats()
+                    stats[name] = sampler.stats()
         for name in chosen:
             _require_finite(maps[name], f"{name} map", request, model)
         post_start = time.perf_counter()
@@ -270,7 +308,7 @@ class Pipeline:
         if any(declared[name].kind is Kind.SAMPLED for name in chosen):
             response.sampling.CopyFrom(sampled.to_proto(options.sampling))
         self._predictions(response, model, logits[0], options.top_k)
-        self._heatmaps(response, model, chosen, maps, targets, prepared, options, stats)
+        self._heatmaps(response, model, chosen, maps, targets, prepared, options, stats, check_deadline)
         end = time.perf_counter()
         response.timing.CopyFrom(pb.Timing(
             decode_ms=decode_ms, preprocess_ms=preprocess_ms, queue_ms=results[0].queue_s * 1000.0,
@@ -288,7 +326,9 @@ class Pipeline:
     @staticmethod
     def _heatmaps(response: pb.ExplainResponse, model: LoadedModel, chosen: list[str], maps: dict[str, np.ndarray],
                   targets: np.ndarray, prepared: imaging.Prepared, options: Options,
-                  stats: dict[str, list[dict[str, float]]]) -> None:
+                  stats: dict[str, list[dict[str, float]]], check: Callable[[], None]) -> None:
+        """The maps into the response, their PNGs drawn one at a time (``check`` before each: a caller
+        that went away stops the drawing)."""
         if options.heatmap_png or options.overlay_png:
             shown, background = heatmaps.for_display(prepared.geometry, prepared.rgb, options.max_render_side)
         for name in chosen:
@@ -303,5 +343,6 @@ class Pipeline:
                         heatmap.raw.channels = int(raw.shape[0])
                     heatmap.raw.values.extend(raw.ravel().tolist())
                 if options.heatmap_png or options.overlay_png:
+                    check()
                     heatmap.heatmap_png, heatmap.overlay_png = heatmaps.render(
                         raw, shown, background, heatmap_png=options.heatmap_png, overlay_png=options.overlay_png)

@@ -92,3 +92,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     export(seeded(TinyNet()), None, out, input_size=(32, 32), labels=[f"thing {i}" for i in range(10)])
     return out
+
+
+@pytest.fixture(scope="session")
+def default_model_process(default_model_built):
+    """``onnxcam serve`` on the default model as a subprocess, for tests that measure the server's own
+    memory and CPU (bounded work, cancellation, health under load). No compute-time limit, so that
+    long multi-pass requests are accepted and their cancellation can be observed."""
+    from serving_process import DEFAULT_MODEL_DIR, serving
+
+    if not (DEFAULT_MODEL_DIR / "model.json").exists():
+        pytest.skip("the default model is not built")
+    with serving(DEFAULT_MODEL_DIR, "--max-work-s", "0") as served:
+        yield served

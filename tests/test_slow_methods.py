@@ -27,7 +27,7 @@ SCORECAM_MS = 81_700.0
 
 @pytest.fixture(scope="module")
 def slow_scorecam(tiny_model_dir):
-    with running_server(tiny_model_dir) as server:
+    with running_server(tiny_model_dir, max_work_s=0) as server:  # no compute limit: the 81.7 s call may run
         model = server.repository.get("tiny")
         assert "scorecam" in model.methods
         model.costs = dataclasses.replace(model.costs, extra_ms={**model.costs.extra_ms, "scorecam": SCORECAM_MS})
