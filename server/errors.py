@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import grpc
 
+#: Trailing metadata that tells a gRPC client's retry policy not to retry (gRPC's retry design, A6: a
+#: negative pushback): the same request would be refused again, however long the client waited.
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
 
 class RequestError(Exception):
-    """A request the server refuses; ``code`` is the status the client sees, ``message`` says why."""
+    """A request the server refuses; ``code`` is the status the client sees, ``message`` says why.
+    ``retryable`` False: the refusal is about the request itself, so a retry can only be refused again."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retryable = retryable
+
+
+def abort(context: grpc.ServicerContext, error: RequestError) -> None:
+    """End the call with ``error``'s status; a refusal no retry can change says so to the client's retry policy."""
+    if not error.retryable:
+        context.set_trailing_metadata(NO_RETRY)
+    context.abort(error.code, error.message)
 
 
 def invalid(message: str) -> RequestError:
@@ -23,7 +36,13 @@ def not_found(message: str) -> RequestError:
 
 
 def exhausted(message: str) -> RequestError:
+    """A busy server (a full queue): worth retrying after a pause."""
     return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def too_much(message: str) -> RequestError:
+    """A request above a per-request limit (response size, work): RESOURCE_EXHAUSTED, never worth retrying."""
+    return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retryable=False)
 
 
 def deadline(message: str) -> RequestError:

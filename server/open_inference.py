@@ -26,7 +26,7 @@ from onnxcam.proto import grpc_service_pb2_grpc as oip_grpc
 from onnxcam.proto import model_config_pb2 as mc
 from server import deadlines
 from server import oip_interface as iface
-from server.errors import RequestError, invalid, not_found, quoted
+from server.errors import RequestError, abort, invalid, not_found, quoted
 from server.methods import NAME_BY_ENUM
 from server.oip_tensors import Tensor, add_output, decode_inputs
 from server.pipeline import Pipeline
@@ -206,7 +206,7 @@ class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):
         try:
             model = self.pipeline.repository.get(name)
         except RequestError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
         if version not in ("", MODEL_VERSION):
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"model {quoted(name)} has only version {MODEL_VERSION}, not {quoted(version)}")
@@ -249,7 +249,7 @@ class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):
         try:
             return self._infer(request, context)
         except RequestError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
 
     def _infer(self, request: oip.ModelInferRequest, context: grpc.ServicerContext) -> oip.ModelInferResponse:
         repository = self.pipeline.repository
@@ -283,7 +283,7 @@ class OpenInferenceService(oip_grpc.GRPCInferenceServiceServicer):
                 for other in futures:
                     other.cancel()
                 prefix = f"row {index}: " if len(futures) > 1 else ""
-                raise RequestError(error.code, prefix + error.message) from None
+                raise RequestError(error.code, prefix + error.message, error.retryable) from None
             except Exception as error:
                 log.exception("ModelInfer on model %r failed", model.name)
                 raise RequestError(grpc.StatusCode.INTERNAL, f"internal error: {error}") from error

@@ -13,7 +13,7 @@ import grpc
 from onnxcam.proto import explainer_pb2 as pb
 from onnxcam.proto import explainer_pb2_grpc as pb_grpc
 from server import deadlines, metadata, visualize
-from server.errors import RequestError
+from server.errors import RequestError, abort
 from server.pipeline import Pipeline
 
 log = logging.getLogger("onnxcam.server")
@@ -49,7 +49,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         try:
             return self._explain(request, self._deadline(context), context.is_active)
         except RequestError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
 
     def ExplainStream(self, request_iterator: Iterator[pb.ExplainRequest],
                       context: grpc.ServicerContext) -> Iterator[pb.ExplainResponse]:
@@ -94,7 +94,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
         try:
             return metadata.metadata(self.pipeline.repository.get(request.model))
         except RequestError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
 
     def VisualizeClass(self, request: pb.VisualizeClassRequest,
                        context: grpc.ServicerContext) -> Iterator[pb.VisualizeClassUpdate]:
@@ -102,7 +102,7 @@ class ExplainerService(pb_grpc.ExplainerServicer):
             yield from visualize.visualize_class(self.pipeline.repository, request, self._deadline(context),
                                                  self.pipeline.wait, context.is_active)
         except RequestError as error:
-            context.abort(error.code, error.message)
+            abort(context, error)
         except Exception as error:
             log.exception("VisualizeClass on model %r failed", request.model)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from onnxcam import methods as registry
 from onnxcam.methods import Kind
 from server import budget, heatmaps
-from server.errors import exhausted
+from server.errors import too_much
 
 #: Passes over the decoded image's pixels: decode to RGB, and the resize to the model's input.
 IMAGE_PASSES = 2
@@ -132,12 +132,12 @@ def check(request: Request, max_send_bytes: int, max_mpixels: float) -> Estimate
     limit; else return the estimate."""
     found = estimate(request)
     if found.response_bytes > max_send_bytes:
-        raise exhausted(
+        raise too_much(
             f"not started: the response would be up to {_mib(found.response_bytes)} ({found.maps} maps"
             f"{' with PNGs' if request.heatmap_png or request.overlay_png else ''}), above this server's "
             f"{_mib(max_send_bytes)} response limit; ask for {_instead(request, found)}")
     if found.mpixels > max_mpixels:
-        raise exhausted(
+        raise too_much(
             f"not started: the request would process about {found.mpixels:.0f} megapixels (a "
             f"{request.image_width}x{request.image_height} image and {found.maps} maps), above this server's "
             f"limit of {max_mpixels:g} per request; ask for {_instead(request, found)}")
@@ -153,7 +153,7 @@ def check_compute(costs: budget.Costs, model: str, methods: Sequence[str], rows:
         return
     need_ms = budget.set_cost(costs, methods, rows, render_ms, sampled_rows)
     if need_ms > max_work_s * 1000.0:
-        raise exhausted(
+        raise too_much(
             f"not started: {', '.join(methods)} on {model} for {rows} target(s) would take about "
             f"{need_ms / 1000.0:.1f} s by the server's measurements, above its limit of {max_work_s:g} s per "
             "request; ask for fewer targets, cheaper methods (one graph call: gradcam, gradcampp), or fewer "

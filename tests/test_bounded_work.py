@@ -59,17 +59,27 @@ def test_limits_refuse_with_what_to_ask_instead():
 
 def test_a_server_limit_refuses_and_the_suggested_request_is_served(tiny_model_dir):
     photo = encode(rgb_image(1000, 1000), "JPEG")
-    with running_server(tiny_model_dir, max_work_mpixels=2.5) as server, ExplainerClient(server.address) as client:
+    with (running_server(tiny_model_dir, max_work_mpixels=2.5, metrics_port=0) as server,
+          ExplainerClient(server.address) as client):  # the client's retry policy is on
         with pytest.raises(grpc.RpcError) as refused:
             client.explain(photo, "tiny", methods=["gradcam"], overlay_png=True)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "raw maps only" in refused.value.details()
+        # a limit of the request, not a busy server: the refusal tells gRPC's retry policy not to try again
+        assert _refusals(server) == 1
         assert len(client.explain(photo, "tiny", methods=["gradcam"], raw=True).heatmaps) == 1
     with running_server(tiny_model_dir, max_work_s=1e-6) as server, ExplainerClient(server.address) as client:
         with pytest.raises(grpc.RpcError) as slow:
             client.explain(photo, "tiny", methods=["gradcam"], raw=True)
         assert slow.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "fewer targets" in slow.value.details() and "1e-06 s" in slow.value.details()
+
+
+def _refusals(server) -> float:
+    """RESOURCE_EXHAUSTED answers the server counted (each retry of a call is one more)."""
+    return sum(sample.value for family in server.metrics.registry.collect() if family.name == "onnxcam_rpcs"
+               for sample in family.samples
+               if sample.name == "onnxcam_rpcs_total" and sample.labels.get("code") == "RESOURCE_EXHAUSTED")
 
 
 def _bomb() -> bytes:
