@@ -103,7 +103,7 @@ def run(address: str, kinds: list[Kind], clients: int, duration_s: float, seed: 
 
     def client_loop(index: int) -> None:
         rng = random.Random(seed + index)
-        with ExplainerClient(address, timeout=None) as client:
+        with ExplainerClient(address, timeout=None, retry=False) as client:
             while time.monotonic() < stop_at:
                 kind = rng.choices(kinds, weights=[k.weight for k in kinds])[0]
                 start = time.monotonic()

@@ -23,7 +23,7 @@ def test_health_probes_answer_during_a_flood_beyond_the_concurrency_limit(defaul
                             methods=["gradcam"], heatmap_png=True)
     probes: list[tuple[str, float]] = []
     flooding = threading.Event()
-    with ExplainerClient(served.address, timeout=120) as client:
+    with ExplainerClient(served.address, timeout=120, retry=False) as client:
         def probe() -> None:
             while flooding.is_set():
                 start = time.monotonic()

@@ -32,7 +32,9 @@ def test_sigterm_drains_then_exits_within_the_grace(default_model_built):
         pytest.skip("the default model is not built")
     photo = encode(rgb_image(224, 224, seed=9), "JPEG")
     options = ("--max-work-s", "0", "--drain-s", str(DRAIN_S), "--grace-s", str(GRACE_S))
-    with serving(DEFAULT_MODEL_DIR, *options) as served, ExplainerClient(served.address, timeout=30) as client:
+    # retry=False: gRPC's retries of the UNAVAILABLE refusal below would outlast the grace period
+    with (serving(DEFAULT_MODEL_DIR, *options) as served,
+          ExplainerClient(served.address, timeout=30, retry=False) as client):
         watch = client._health.Watch(health_pb2.HealthCheckRequest(service=""))
         watched: list[str] = []
 
