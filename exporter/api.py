@@ -22,9 +22,11 @@ from exporter.errors import ExportError
 from exporter.head_analysis import find_cam_linear, head_reads_pixels
 from exporter.hooks import Capture, on_layer_output
 from exporter.identity import module_class, state_dict_sha256
-from exporter.layers import default_layer, resolve_layer
+from exporter.layers import default_layer
+from exporter.layers import target_layer as find_target
 from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
+from exporter.token_grid import AUTO, TargetLayer
 from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
 from onnxcam import methods as registry
@@ -93,7 +95,7 @@ class ExportReport:
                 f"(worst rel error {worst:.2e}); {self.seconds.get('total', 0):.1f} s; explainer {size:.1f} MiB")
 
 
-def _shapes(model: nn.Module, layer: nn.Module, layer_name: str,
+def _shapes(model: nn.Module, layer: TargetLayer, layer_name: str,
             example: torch.Tensor) -> tuple[torch.Size, torch.Size]:
     """Activation and logits shapes from one forward; rejects a layer that runs more than once."""
     capture = Capture()
@@ -171,6 +173,7 @@ def export(
     weights: str | None = None,
     tolerance: float = export_check.TOLERANCE,
     input_gradients: bool = True,
+    layer_layout: str = AUTO,
 ) -> ExportReport:
     """Write explainer.onnx, input_gradients.onnx, head.onnx, forward.onnx and model.json into ``out_dir``.
 
@@ -184,6 +187,10 @@ def export(
     is the largest relative error the check accepts. ``input_gradients=False`` leaves out
     input_gradients.onnx (saliency, deconvnet, guided backpropagation, Guided Grad-CAM): a backward
     pass through the whole network is the slowest graph to trace and export on deep networks.
+    ``layer_layout`` says how the target layer's output is laid out: ``auto`` (detected from its
+    shape and the input size), ``nchw`` [N, K, h, w], ``tokens`` [N, T, C] (ViT/DeiT: the leading
+    class/distillation tokens are dropped, the patch tokens folded into the grid) or ``nhwc``
+    [N, h, w, C] (Swin); every graph works on the [N, K, h, w] grid.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -198,18 +205,20 @@ def export(
         is_default = target_layer is None
         if target_layer is None:
             target_layer = default_layer(model, probe)
-            log.info("target layer not given; using %r (last 4-D feature map before pooling)", target_layer)
-        layer = resolve_layer(model, target_layer)
+            log.info("target layer not given; using %r (last feature map or token grid before pooling)",
+                     target_layer)
+        layer = find_target(model, target_layer, probe, layer_layout)
         activation_shape, logits_shape = _shapes(model, layer, target_layer, probe)
-        batch = trace_batch(input_shape, activation_shape[1:])
+        batch = trace_batch(input_shape, activation_shape[1:], layer.output_shape[1:])
         example = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         num_classes = int(logits_shape[1])
         label_list = _labels(labels, num_classes)
         cam_linear = find_cam_linear(model, layer, activation_shape, input_shape)
         needs_pixels = head_reads_pixels(model, layer, activation_shape, input_shape)
         methods = [m.name for m in graph_methods(cam_linear is not None)]
-        log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
-                 list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
+        log.info("layer %s (%s): activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
+                 layer.layout.kind, list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no",
+                 needs_pixels)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         explainer_tmp = out_dir / f".{contract.EXPLAINER_FILE}.tmp"
@@ -273,6 +282,7 @@ def export(
                 "num_classes": num_classes,
                 "target_layer": target_layer,
                 "target_layer_is_default": is_default,
+                "target_layout": layer.layout.describe(),
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
                 "input_methods": list(registry.names(registry.Kind.INPUT)) if input_gradients else [],
