@@ -217,3 +217,57 @@ def test_reciprocam_on_a_vit_is_vit_reciprocam(client) -> None:
         assert np.abs(ours - theirs).max() <= 1e-5 * max(1.0, np.abs(theirs).max()), (ours, theirs)
         for heatmap in response.heatmaps[1:]:  # the other gradient-free maps come back on the [4, 4] grid
             assert (heatmap.raw.height, heatmap.raw.width) == (4, 4)
+
+
+TIMM_STYLE_VIT = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class DistilledViT(nn.Module):
+    """timm's layout: patch_embed, cls_token + dist_token, blocks[i].norm1/norm2, norm, head."""
+
+    def __init__(self, dim=16, classes=4):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, 8, 8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(Block(dim), Block(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), self.dist_token.expand(len(x), -1, -1), x], 1)
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def build():
+    return DistilledViT().eval()
+'''
+
+
+def test_a_timm_style_model_file_gets_its_last_blocks_norm1_with_two_leading_tokens(tmp_path: Path) -> None:
+    """What ``onnxcam export --model-file my_vit.py:build`` starts from: a DeiT-like module with a class and a
+    distillation token, timm's module names."""
+    path = tmp_path / "my_vit.py"
+    path.write_text(TIMM_STYLE_VIT)
+    model = sources.model_from_file(f"{path}:build")
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    assert default_layer(model, pixels) == "blocks.1.norm1"
+    target = target_layer(model, "blocks.1.norm1", pixels)
+    assert target.output_shape == (2, 18, 16) and target.layout == Layout(TOKENS, 2, (4, 4))
