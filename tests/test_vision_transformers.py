@@ -271,3 +271,17 @@ def test_a_timm_style_model_file_gets_its_last_blocks_norm1_with_two_leading_tok
     assert default_layer(model, pixels) == "blocks.1.norm1"
     target = target_layer(model, "blocks.1.norm1", pixels)
     assert target.output_shape == (2, 18, 16) and target.layout == Layout(TOKENS, 2, (4, 4))
+
+
+def test_the_export_command_takes_the_layout_and_refuses_a_reading_that_is_no_grid(tmp_path: Path) -> None:
+    """``onnxcam export --layer-layout tokens`` on Swin's channels-last norm: one error line naming the layer,
+    its shape and the layers that would work, exit 2, nothing written."""
+    from test_cli_errors import assert_one_error, onnxcam
+
+    path = tmp_path / "swin.py"
+    tests = str(Path(__file__).parent)
+    path.write_text(f"import sys\nsys.path.insert(0, {tests!r})\nfrom tiny_models import tiny_swin as build\n")
+    result = onnxcam("export", "--model-file", f"{path}:build", "--layer", "norm", "--layer-layout", "tokens",
+                     "--input-size", str(SIZE), "--out", str(tmp_path / "out"))
+    assert_one_error(result, 2, "'norm' outputs [2, 8, 8, 8]", "as tokens", "norm [2, 8, 8, 8] (nhwc)")
+    assert not (tmp_path / "out").exists()
