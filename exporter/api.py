@@ -22,7 +22,7 @@ from exporter.errors import ExportError
 from exporter.head_analysis import find_cam_linear, head_reads_pixels
 from exporter.hooks import Capture, on_layer_output
 from exporter.identity import module_class, state_dict_sha256
-from exporter.layers import default_layer
+from exporter.layers import check_reaches_logits, default_layer
 from exporter.layers import target_layer as find_target
 from exporter.model_folder import FORMAT_VERSION, onnx_metadata, preprocessing, write_model_json
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
@@ -209,6 +209,7 @@ def export(
                      target_layer)
         layer = find_target(model, target_layer, probe, layer_layout)
         activation_shape, logits_shape = _shapes(model, layer, target_layer, probe)
+        check_reaches_logits(model, layer, target_layer, probe)
         batch = trace_batch(input_shape, activation_shape[1:], layer.output_shape[1:])
         example = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         num_classes = int(logits_shape[1])

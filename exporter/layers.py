@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from exporter.errors import ExportError
+from exporter.hooks import Capture, on_layer_output
 from exporter.token_grid import AUTO, NCHW, TOKENS, Layout, TargetLayer, detect
 
 _POOLING_TO_SKIP = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout)
@@ -163,4 +164,29 @@ def target_layer(model: nn.Module, name: str, example: torch.Tensor, layout: str
     )
 
 
-__all__ = ["NCHW", "default_layer", "module_names", "resolve_layer", "survey", "target_layer"]
+def check_reaches_logits(model: nn.Module, target: TargetLayer, name: str, example: torch.Tensor) -> None:
+    """Refuse a layer whose grid has no influence on the logits: every gradient map would be zero.
+
+    After a ViT's final norm only the class token reaches the classifier; the patch tokens' gradients
+    are exactly zero there. The logits are weighted randomly, so a model that ends in a softmax
+    (whose outputs always sum to one) is not mistaken for one.
+    """
+    capture = Capture()
+    with torch.enable_grad(), on_layer_output(target, capture.keep_graph):
+        logits = model(example)
+    if capture.activations is None or not logits.requires_grad:
+        return
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+    (gradients,) = torch.autograd.grad((logits * weights).sum(), capture.activations, allow_unused=True)
+    if gradients is not None and bool(gradients.abs().max() > 0):
+        return
+    suggestion = default_layer(model, example)
+    raise ExportError(
+        f"layer {name!r}'s [N, K, h, w] grid does not reach the logits (d logits / dA is zero everywhere: after a "
+        "ViT's final norm only the class token reaches the classifier), so every gradient map would be zero; "
+        + (f"pick an earlier layer, such as the default {suggestion!r}" if suggestion != name
+           else "pick an earlier layer")
+    )
+
+
+__all__ = ["NCHW", "check_reaches_logits", "default_layer", "module_names", "resolve_layer", "survey", "target_layer"]

@@ -285,3 +285,11 @@ def test_the_export_command_takes_the_layout_and_refuses_a_reading_that_is_no_gr
                      "--input-size", str(SIZE), "--out", str(tmp_path / "out"))
     assert_one_error(result, 2, "'norm' outputs [2, 8, 8, 8]", "as tokens", "norm [2, 8, 8, 8] (nhwc)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_layer_whose_grid_never_reaches_the_logits_is_refused(tmp_path: Path) -> None:
+    """A ViT's final norm maps to a token grid, but only its class token reaches the classifier: every
+    gradient map would be zero. Refused, with the default layer as the way out."""
+    with pytest.raises(ExportError, match=rf"'encoder.ln'.*does not reach the logits.*default '{VIT_LAYER}'"):
+        export(tiny_vit(), "encoder.ln", tmp_path / "x", input_size=(SIZE, SIZE))
+    assert not (tmp_path / "x").exists()
