@@ -262,7 +262,8 @@ class LoadedModel:
         runs and raises to stop the work (a deadline passed)."""
         inputs = self.gradient_free.module.Inputs(activations=activations, logits=logits, targets=targets,
                                                   pixels=pixels, head=self.head, forward=self.forward,
-                                                  linear=self.linear, check=check)
+                                                  linear=self.linear, check=check,
+                                                  tokens=self.info.target_layout == "tokens")
         return self.gradient_free.serve[method](inputs)
 
     def batcher_for(self, graph: Graph) -> Batcher:
