@@ -80,6 +80,7 @@ def test_default_layers_are_the_last_blocks_first_norm_and_swins_final_norm() ->
     assert default_layer(tiny_swin(), pixels) == SWIN_LAYER
 
 
+@pytest.mark.slow  # builds the full swin_t and runs it at 224 px (about 10 s)
 def test_swin_t_norm_is_channels_last_never_a_7_by_768_map() -> None:
     """torchvision swin_t at 224 px: ``norm`` outputs [N, 7, 7, 768]; taken as [N, K, h, w] it would give
     [7, 768] maps. It is the default layer and found channels-last: A is [768, 7, 7]."""
