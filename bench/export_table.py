@@ -20,7 +20,7 @@ from exporter import export
 from exporter.sources import LITE_MEAN, LITE_STD, PRETRAINED, build_arch
 
 ARCHS = ["resnet18", "resnet50", "vgg16", "densenet121", "mobilenet_v2", "mobilenet_v3_large",
-         "efficientnet_b0", "convnext_tiny", "squeezenet1_1", "efficientnet_lite0"]
+         "efficientnet_b0", "convnext_tiny", "squeezenet1_1", "efficientnet_lite0", "vit_b_16", "swin_t"]
 COLUMNS = ["logits", "activations", "gradients", "cam_gradcam", "cam_gradcampp", "cam_xgradcam",
            "cam_layercam", "cam_hirescam", "cam_cam", "head.logits", "forward.logits"]
 

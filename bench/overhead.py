@@ -29,7 +29,7 @@ from onnxcam import methods as registry  # noqa: E402
 from server.heatmaps import normalize, upsample  # noqa: E402
 from server.imaging import Geometry  # noqa: E402
 
-FULL_MODELS = ["resnet50", "vgg16", "efficientnet_lite0"]
+FULL_MODELS = ["resnet50", "vgg16", "efficientnet_lite0", "vit_b_16"]
 QUICK_MODELS = ["resnet18"]
 PEER_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM"}
 
@@ -88,6 +88,17 @@ def overhead(folder: Path, info: dict, threads: int, repeats: int, batches: list
     return rows
 
 
+def reshape_transform(info: dict):
+    """pytorch-grad-cam's ``reshape_transform`` for the target's layout in model.json (None: [N, K, h, w])."""
+    layout = info.get("target_layout", {"kind": "nchw"})
+    if layout["kind"] == "tokens":
+        prefix, (h, w) = layout["prefix_tokens"], layout["grid"]
+        return lambda t: t[:, prefix:, :].reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+    if layout["kind"] == "nhwc":
+        return lambda t: t.permute(0, 3, 1, 2)
+    return None
+
+
 def peer(model, folder: Path, info: dict, threads: int, repeats: int) -> list[dict]:
     import torch
 
@@ -115,7 +126,8 @@ def peer(model, folder: Path, info: dict, threads: int, repeats: int) -> list[di
             (raw,) = explainer.run([output], {"pixels": pixels, "target": np.array([target])})
             return postprocess([raw], size)[0]
 
-        with getattr(pgc, class_name)(model=model, target_layers=[layer]) as cam:
+        with getattr(pgc, class_name)(model=model, target_layers=[layer],
+                                      reshape_transform=reshape_transform(info)) as cam:
             def theirs(cam=cam):
                 return cam(input_tensor=tensor, targets=[ClassifierOutputTarget(target)])[0]
 

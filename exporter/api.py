@@ -23,7 +23,8 @@ from exporter.errors import ExportError
 from exporter.head_analysis import find_cam_linear, head_reads_pixels
 from exporter.hooks import Capture, on_layer_output
 from exporter.identity import module_class, state_dict_sha256
-from exporter.layers import default_layer, resolve_layer
+from exporter.layers import check_reaches_logits, default_layer
+from exporter.layers import target_layer as find_target
 from exporter.model_folder import (
     FORMAT_VERSION,
     check_preprocessing,
@@ -34,6 +35,7 @@ from exporter.model_folder import (
 )
 from exporter.onnx_export import OPSET, set_metadata, write_onnx
 from exporter.quantize import QUANTIZE_NEEDS_PLAIN_HEAD, calibration_rows, quantize_graphs, quantize_request
+from exporter.token_grid import AUTO, TargetLayer
 from exporter.tracing import explainer_function, forward_function, head_function, input_gradients_function, trace
 from onnxcam import contract
 from onnxcam import methods as registry
@@ -113,7 +115,7 @@ class ExportReport:
                 f"(worst rel error {worst:.2e}); {self.seconds.get('total', 0):.1f} s; explainer {size:.1f} MiB{int8}")
 
 
-def _shapes(model: nn.Module, layer: nn.Module, layer_name: str,
+def _shapes(model: nn.Module, layer: TargetLayer, layer_name: str,
             example: torch.Tensor) -> tuple[torch.Size, torch.Size]:
     """Activation and logits shapes from one forward; rejects a layer that runs more than once."""
     capture = Capture()
@@ -193,6 +195,7 @@ def export(
     input_gradients: bool = True,
     quantize: str | None = None,
     calibration: str | os.PathLike | None = None,
+    layer_layout: str = AUTO,
 ) -> ExportReport:
     """Write explainer.onnx, input_gradients.onnx, head.onnx, forward.onnx and model.json into ``out_dir``.
 
@@ -210,6 +213,10 @@ def export(
     pass through the whole network is the slowest graph to trace and export on deep networks.
     ``quantize="int8"`` with ``calibration`` (a folder of images) writes the INT8 edge explainer:
     see exporter/quantize.py; explainer.onnx and forward.onnx get a statically quantised body.
+    ``layer_layout`` says how the target layer's output is laid out: ``auto`` (detected from its
+    shape and the input size), ``nchw`` [N, K, h, w], ``tokens`` [N, T, C] (ViT/DeiT: the leading
+    class/distillation tokens are dropped, the patch tokens folded into the grid) or ``nhwc``
+    [N, h, w, C] (Swin); every graph works on the [N, K, h, w] grid.
     """
     started = time.perf_counter()
     calibration_files = quantize_request(quantize, calibration)
@@ -226,10 +233,12 @@ def export(
         is_default = target_layer is None
         if target_layer is None:
             target_layer = default_layer(model, probe)
-            log.info("target layer not given; using %r (last 4-D feature map before pooling)", target_layer)
-        layer = resolve_layer(model, target_layer)
+            log.info("target layer not given; using %r (last feature map or token grid before pooling)",
+                     target_layer)
+        layer = find_target(model, target_layer, probe, layer_layout)
         activation_shape, logits_shape = _shapes(model, layer, target_layer, probe)
-        batch = trace_batch(input_shape, activation_shape[1:])
+        check_reaches_logits(model, layer, target_layer, probe)
+        batch = trace_batch(input_shape, activation_shape[1:], layer.output_shape[1:])
         example = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(TRACE_SEED))
         num_classes = int(logits_shape[1])
         label_list = _labels(labels, num_classes)
@@ -238,8 +247,9 @@ def export(
         methods = [m.name for m in graph_methods(cam_linear is not None)]
         if calibration_files and needs_pixels:
             raise ExportError(QUANTIZE_NEEDS_PLAIN_HEAD)
-        log.info("layer %s: activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
-                 list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no", needs_pixels)
+        log.info("layer %s (%s): activations %s, %d classes, CAM %s, head reads pixels: %s", target_layer,
+                 layer.layout.kind, list(activation_shape[1:]), num_classes, "yes" if cam_linear else "no",
+                 needs_pixels)
 
         staging = staging_dir(out_dir)  # the whole folder is written here, then swapped in
         explainer_tmp = staging / contract.EXPLAINER_FILE
@@ -310,6 +320,7 @@ def export(
                 "num_classes": num_classes,
                 "target_layer": target_layer,
                 "target_layer_is_default": is_default,
+                "target_layout": layer.layout.describe(),
                 "activation_shape": [int(v) for v in activation_shape[1:]],
                 "methods": methods,
                 "input_methods": list(registry.names(registry.Kind.INPUT)) if input_gradients else [],

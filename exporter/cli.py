@@ -96,6 +96,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", metavar="FILE", help="state_dict file to load into the model (torch.save "
                         "format); never a download: torchvision names such as IMAGENET1K_V2 are refused")
     parser.add_argument("--layer", help="target layer as a dotted module path (default: last feature map)")
+    parser.add_argument("--layer-layout", choices=["auto", "nchw", "tokens", "nhwc"], default="auto",
+                        help="how the target layer's output is laid out: nchw [N, K, h, w] feature maps, tokens "
+                             "[N, T, C] (ViT/DeiT: leading class/distillation tokens dropped, patch tokens folded "
+                             "into the grid), nhwc [N, h, w, C] (Swin); auto (default) detects it from the output's "
+                             "shape and the input size")
     parser.add_argument("--out", required=True, help="model folder to write, e.g. models/resnet50")
     parser.add_argument("--name", help="model name (default: the folder name)")
     parser.add_argument("--input-size", type=int, nargs="+", default=[224], metavar="PX",
@@ -179,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             source["weights"] = args.weights
         report = export(model, args.layer, args.out, input_size=tuple(size), labels=labels, mean=args.mean,
                         input_gradients=args.input_gradients, quantize=args.quantize, calibration=args.calibration,
+                        layer_layout=args.layer_layout,
                         std=args.std, name=args.name, resize=args.resize, source=source, weights=origin)
     except ExportError as error:
         raise CliError(str(error), code=2) from error

@@ -9,15 +9,22 @@ import torch
 from torch import nn
 
 from exporter.errors import ExportError
+from exporter.token_grid import NCHW, TargetLayer
 
 
 @contextmanager
-def on_layer_output(layer: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Pass the layer's output through ``transform`` for the duration of the block.
+def on_layer_output(layer: nn.Module | TargetLayer,
+                    transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Pass the layer's output, as the [N, K, h, w] grid, through ``transform`` for the duration of the block.
 
-    A module called more than once (a shared ReLU) is transformed at every call; callers
-    that record the output keep the last one, as pytorch-grad-cam does.
+    A ``TargetLayer`` with a token or channels-last layout is folded into the grid before
+    ``transform`` and the result unfolded back, so the rest of the network runs on it; a plain
+    module must output [N, K, h, w] itself. A module called more than once (a shared ReLU) is
+    transformed at every call; callers that record the output keep the last one, as
+    pytorch-grad-cam does.
     """
+    target = layer if isinstance(layer, TargetLayer) else TargetLayer(layer)
+    layout = target.layout
 
     def hook(module: nn.Module, inputs, output):
         if not isinstance(output, torch.Tensor):
@@ -25,14 +32,14 @@ def on_layer_output(layer: nn.Module, transform: Callable[[torch.Tensor], torch.
                 f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
                 "pick a layer whose output is one [N, K, h, w] tensor"
             )
-        if output.dim() != 4:
+        if layout.kind == NCHW and output.dim() != 4:
             raise ExportError(
                 f"target layer {type(module).__name__} outputs shape {tuple(output.shape)}; "
                 "a class activation map needs a 4-D [N, K, h, w] output"
             )
-        return transform(output)
+        return layout.from_grid(transform(layout.to_grid(output)), output)
 
-    handle = layer.register_forward_hook(hook)
+    handle = target.module.register_forward_hook(hook)
     try:
         yield
     finally:

@@ -73,7 +73,7 @@ def build(recipe: Recipe) -> str:
     report = export(
         model, spec.get("target_layer"), recipe.folder, input_size=tuple(spec.get("input_size", (224, 224))),
         labels=labels, mean=spec.get("mean", (0.485, 0.456, 0.406)), std=spec.get("std", (0.229, 0.224, 0.225)),
-        resize=spec.get("resize"), name=recipe.name,
+        resize=spec.get("resize"), name=recipe.name, layer_layout=spec.get("layer_layout", "auto"),
         source={"arch": spec["arch"], "weights": spec.get("weights"), "recipe_sha256": recipe.digest},
         weights=spec.get("weights") or contract.WEIGHTS_RANDOM,
     )

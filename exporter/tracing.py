@@ -8,13 +8,15 @@ batch dimension stays symbolic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from exporter.backprop_rules import RuleState, ruled_relus
 from exporter.cam_formulas import gradcam, graph_maps, graph_methods
@@ -128,6 +130,19 @@ def detached_state(model: nn.Module) -> tuple[Params, Params]:
     return params, buffers
 
 
+@contextmanager
+def plain_attention() -> Iterator[None]:
+    """Attention as matmul + softmax: the fused kernels (flash attention's forward and backward, the
+    MultiheadAttention fast path) have no ONNX translation; the math path is ordinary ops both ways."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> GraphModule:
     """make_fx with a symbolic batch and every backward op decomposed to exportable ops.
 
@@ -139,7 +154,7 @@ def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> Graph
     def bound(*inputs: torch.Tensor):
         return function(params, buffers, *inputs)
 
-    with ContiguousPoolingInputs():
+    with ContiguousPoolingInputs(), plain_attention():
         return make_fx(
             bound,
             decomposition_table=backward_decompositions(),

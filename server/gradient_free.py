@@ -394,7 +394,7 @@ def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activat
 
 def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np.ndarray, *,
                 pixels: np.ndarray | None = None, chunk_size: int = 256, gaussian: bool = True,
-                check: Check | None = None) -> np.ndarray:
+                check: Check | None = None, own_features: bool = False) -> np.ndarray:
     """ReciproCAM maps [N, h, w] (raw; softmax scores, so already >= 0).
 
     Copy (i, j) of A is zero except around (i, j): with ``gaussian`` (the authors' mosaic) the
@@ -402,6 +402,10 @@ def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np
     [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16; without, only (i, j) holds A[:, i, j]. The h*w copies
     per image run through ``head`` (``chunk_size`` rows per run, packed across images);
     map[i, j] = softmax(head(copy (i, j)))[target].
+
+    ``own_features`` is ViT-ReciproCAM's mosaic (Byun & Lee 2023, as OpenVINO XAI masks tokens): each
+    cell of the neighbourhood keeps its own features times the kernel, not the centre's; the class token
+    passes through the head untouched (the head takes it from the pixels).
     """
     activations, targets = _check(activations, targets)
     n, k, h, w = activations.shape
@@ -424,7 +428,8 @@ def recipro_cam(head: ort.InferenceSession, activations: np.ndarray, targets: np
         for di, dj, g in offsets:
             ti, tj = ii + di, jj + dj
             ok = np.flatnonzero((ti >= 0) & (ti < h) & (tj >= 0) & (tj < w))
-            rows[ok, :, ti[ok], tj[ok]] = centre[ok] * g
+            source = activations[images[ok], :, ti[ok], tj[ok]] if own_features else centre[ok]
+            rows[ok, :, ti[ok], tj[ok]] = source * g
         out = _run_head(head, rows, pixels[images] if pixels is not None else None)
         scores[part] = _softmax_at(out, targets[images])
     return scores.reshape(n, h, w).astype(np.float32)
@@ -478,6 +483,8 @@ class Inputs:
     #: forward.onnx rows per run (Score-CAM): ``check`` runs between runs, so this bounds how long a
     #: caller that went away keeps the server busy.
     forward_rows: int = 32
+    #: The target is a ViT's token sequence: ReciproCAM masks tokens as ViT-ReciproCAM does.
+    tokens: bool = False
 
     @property
     def head_pixels(self) -> np.ndarray | None:
@@ -496,7 +503,7 @@ def serve_scorecam(x: Inputs) -> np.ndarray:
 
 
 def serve_reciprocam(x: Inputs) -> np.ndarray:
-    return recipro_cam(x.head, x.activations, x.targets, pixels=x.head_pixels, check=x.check)
+    return recipro_cam(x.head, x.activations, x.targets, pixels=x.head_pixels, check=x.check, own_features=x.tokens)
 
 
 def serve_eigencam(x: Inputs) -> np.ndarray:

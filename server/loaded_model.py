@@ -300,7 +300,7 @@ class LoadedModel:
         inputs = self.gradient_free.module.Inputs(activations=activations, logits=logits, targets=targets,
                                                   pixels=pixels, head=self.head, forward=self.forward,
                                                   linear=self.linear, check=check,
-                                                  **self._forward_rows())
+                                                  tokens=self.info.target_layout == "tokens", **self._forward_rows())
         return self.gradient_free.serve[method](inputs)
 
     def is_multi_pass(self, method: str) -> bool:

@@ -43,6 +43,8 @@ class ModelInfo:
     input_gradients_file: Path | None
     opset: int
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    #: How the target layer's output was folded into [K, h, w]: "nchw", "tokens" (ViT) or "nhwc" (Swin).
+    target_layout: str = "nchw"
 
 
 def _require(data: dict[str, Any], key: str) -> Any:
@@ -106,6 +108,7 @@ def load_model_info(folder: Path) -> ModelInfo:
             input_gradients_file=_file(folder, input_gradients["file"]) if input_gradients else None,
             opset=int(data.get("opset", 0)),
             raw=data,
+            target_layout=str((data.get("target_layout") or {}).get("kind", "nchw")),
         )
     except (TypeError, ValueError, AttributeError) as error:
         raise ModelFolderError(f"model.json is malformed: {error}") from error

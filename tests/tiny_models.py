@@ -82,3 +82,42 @@ def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(module, nn.BatchNorm2d):
                 module.running_var.abs_().add_(0.5)
     return model.eval()
+
+
+def tiny_vit(seed: int = 0) -> nn.Module:
+    """torchvision's VisionTransformer in small: 32 px, 8 px patches (a 4 x 4 grid + the class token), 2 blocks.
+
+    Seeded like the CNNs: torchvision's own init leaves the class head at zero (every map would be zero).
+    """
+    from exporter.sources import _torchvision
+
+    _torchvision()
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and "ln" not in name:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+def tiny_swin(seed: int = 0) -> nn.Module:
+    """torchvision's SwinTransformer in small: 32 px, 4 px patches, one stage of two blocks (the second
+    shifted) in 4 x 4 windows.
+
+    ``norm`` outputs [N, 8, 8, 8] channels-last: a cube, which only the LayerNorm over its last dimension
+    tells apart from [N, K, h, w] (one stage keeps the trace short: Swin's window code traces slowly).
+    """
+    from exporter.sources import _torchvision
+
+    _torchvision()
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    with torch.random.fork_rng():  # torchvision initialises from the global generator
+        torch.manual_seed(seed)
+        model = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2], num_heads=[2], window_size=[4, 4],
+                                num_classes=5, stochastic_depth_prob=0.0)
+    return model.eval()
