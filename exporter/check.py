@@ -8,6 +8,7 @@ difference and that difference relative to the largest magnitude of the referenc
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.errors import ExportError
 from exporter.hooks import Capture, on_layer_output
+from exporter.token_grid import TargetLayer
 from exporter.tracing import resolve_targets, ruled_backward
 from onnxcam import contract
 
@@ -264,13 +266,15 @@ def check_input_gradients(
     return CheckResult(errors=errors, batches=[len(t) for _, t in cases], tolerance=tolerance)
 
 
-def _float64_input_gradients(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, target: torch.Tensor,
-                             rule: torch.Tensor) -> dict[str, np.ndarray]:
-    """``reference_input_gradients`` on a float64 copy of the module: the exact values float32 rounds."""
-    layer_name = next(name for name, module in model.named_modules() if module is layer)
+def _float64_input_gradients(model: nn.Module, layer: nn.Module | TargetLayer, pixels: torch.Tensor,
+                             target: torch.Tensor, rule: torch.Tensor) -> dict[str, np.ndarray]:
+    """``reference_input_gradients`` on a float64 copy of the module: the exact values float32 rounds.
+    The copy's target keeps the original's layout (a token sequence folds the same way)."""
+    target_layer = layer if isinstance(layer, TargetLayer) else TargetLayer(layer)
+    layer_name = next(name for name, module in model.named_modules() if module is target_layer.module)
     exact_model = copy.deepcopy(model).double()
-    return reference_input_gradients(exact_model, exact_model.get_submodule(layer_name), pixels.double(), target,
-                                     rule)
+    exact_layer = dataclasses.replace(target_layer, module=exact_model.get_submodule(layer_name))
+    return reference_input_gradients(exact_model, exact_layer, pixels.double(), target, rule)
 
 
 def check_head(

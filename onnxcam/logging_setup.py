@@ -61,5 +61,8 @@ def configure(level: int = logging.INFO, log_format: str = "text", stream: TextI
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)  # Python warnings (DeprecationWarning...) become py.warnings records
+    # Python warnings (DeprecationWarning...) become py.warnings records. Off first: captureWarnings(True) does
+    # nothing when an earlier call is still on record, even after someone restored warnings.showwarning.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     return handler

@@ -61,6 +61,19 @@ def test_log_lines_have_time_and_level_and_keep_third_party_warnings(configured_
     assert "WARNING py.warnings" in lines[3] and "an old API" in lines[3]
 
 
+def test_warnings_are_logged_even_after_another_context_restored_showwarning(configured_logging):
+    """A second configure still captures warnings when something (pytest, catch_warnings) put back the
+    original showwarning while logging's capture was on record: captureWarnings(True) alone did nothing."""
+    original = warnings.showwarning
+    configured_logging("text")
+    warnings.showwarning = original  # what a catch_warnings block around the first configure does on exit
+    stream = configured_logging("text")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("still captured", UserWarning, stacklevel=1)
+    assert "WARNING py.warnings" in stream.getvalue() and "still captured" in stream.getvalue()
+
+
 def test_json_log_lines_carry_the_records_fields(configured_logging):
     stream = configured_logging("json")
     logging.getLogger("onnxcam.server.requests").info("explain ...", extra={"fields": {"code": "OK", "total_ms": 3}})
