@@ -1,6 +1,6 @@
 """Export every promised architecture and print a markdown table of the export check.
 
-    python bench/export_table.py [--size 224] [--arch resnet18 ...] [--json out.json]
+    python bench/export_table.py [--size 224] [--arch resnet18 ...] [--json out.json] [--keep DIR]
 
 Columns: target layer (default pick), worst relative error per output against PyTorch
 autograd, export time and graph size. Random weights except EfficientNet-Lite (real).
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--arch", nargs="*", default=ARCHS)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="write the model folders under DIR instead of discarding them")
     args = parser.parse_args()
     rows = []
     print("| arch | layer | A | " + " | ".join(COLUMNS) + " | export s | explainer MiB |")
@@ -40,7 +41,7 @@ def main() -> None:
         size = PRETRAINED[arch][1] if lite else args.size
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            report = export(build_arch(arch), None, Path(tmp) / arch, input_size=(size, size),
+            report = export(build_arch(arch), None, (args.keep or Path(tmp)) / arch, input_size=(size, size),
                             **({"mean": LITE_MEAN, "std": LITE_STD} if lite else {}))
             seconds = time.perf_counter() - started
         errors = report.max_errors()

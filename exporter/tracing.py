@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from exporter.backprop_rules import RuleState, ruled_relus
 from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.decompositions import ContiguousPoolingInputs, backward_decompositions
+from exporter.folded_linear import FoldedLinear
 from exporter.hooks import Capture, on_layer_output
 
 Params = dict[str, torch.Tensor]
@@ -154,7 +155,7 @@ def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> Graph
     def bound(*inputs: torch.Tensor):
         return function(params, buffers, *inputs)
 
-    with ContiguousPoolingInputs(), plain_attention():
+    with ContiguousPoolingInputs(), FoldedLinear(), plain_attention():
         return make_fx(
             bound,
             decomposition_table=backward_decompositions(),

@@ -137,6 +137,23 @@ def test_exports_keep_the_contracts_grid_shapes(transformer_repo: Path) -> None:
     assert "cam" in swin["methods"]  # norm -> permute -> average pool -> linear: CAM applies
 
 
+def expanded_weights(graph: Path) -> list[str]:
+    """Expand nodes whose data input is a weight matrix (an initializer of rank 2)."""
+    import onnx
+
+    model = onnx.load(graph, load_external_data=False)
+    matrices = {i.name for i in model.graph.initializer if len(i.dims) == 2}
+    return [node.name for node in model.graph.node if node.op_type == "Expand" and node.input[0] in matrices]
+
+
+@pytest.mark.slow
+def test_attention_projections_are_one_product_not_a_weight_expanded_per_token(transformer_repo: Path) -> None:
+    # Traced with gradients on, the transposed sequence made matmul broadcast the in-projection weight to
+    # [L, C, 3C]: 1.4 GB per block of ViT-B/16, built on every call (the full-size export ran out of memory)
+    for graph in sorted((transformer_repo / "vit").glob("*.onnx")):
+        assert expanded_weights(graph) == [], graph.name
+
+
 def _vit_tokens_to_grid(tensor: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's documented ``reshape_transform`` for ViT: drop the class token, fold the patches."""
     patches = tensor[:, 1:, :]
