@@ -4,24 +4,18 @@ Pillow only; nothing is encoded unless asked for."""
 
 from __future__ import annotations
 
-import struct
-import zlib
+import sys
 
 import numpy as np
 from PIL import Image
 
 from onnxcam.contract import DISPLAY_EPS
+from server import png
 from server.imaging import Geometry
 
-#: zlib level for PNGs: 1 is several times faster than the default and barely larger for heatmaps.
-PNG_COMPRESS_LEVEL = 1
-#: zlib strategy: run-length matching only. After the PNG "up" filter a smooth map is mostly runs of
-#: small differences, so this is about as small as level 1's default search and faster (bench/render.py).
-PNG_ZLIB_STRATEGY = zlib.Z_RLE
 OVERLAY_ALPHA = 0.5
-#: The overlay's background term per byte value, (1 - alpha) * (b / 255) in float32: the same values the
-#: per-pixel formula gives, looked up instead of computed.
-_BACKGROUND = np.float32(1.0 - OVERLAY_ALPHA) * (np.arange(256, dtype=np.float32) / np.float32(255.0))
+#: (1 - alpha) * (b / 255) == b / _BACKGROUND_DIVISOR exactly in float32 while 1 - alpha is 0.5.
+_BACKGROUND_DIVISOR = np.float32(255.0 / (1.0 - OVERLAY_ALPHA))
 #: Output pixels drawn at a time: a block's float32 temporaries stay in the CPU's cache.
 _BLOCK_PIXELS = 1 << 15
 #: jet's channel centres (red, green, blue) on the [0, 4] ramp, halved (see _overlay_block).
@@ -71,28 +65,9 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def encode_png(array: np.ndarray) -> bytes:
-    """uint8 [h, w] (grayscale) or [h, w, 3] (RGB) -> PNG. Written here rather than by Pillow, whose
-    encoder tries all five PNG filters on every row: one "up" filter (each row minus the row above, a
-    numpy subtraction) and zlib's run-length strategy encode a map several times faster, for a few
-    percent more bytes. Decoders give back exactly ``array``."""
-    height, width = array.shape[:2]
-    channels = 1 if array.ndim == 2 else array.shape[2]
-    if array.dtype != np.uint8 or channels not in (1, 3) or array.ndim not in (2, 3):
-        raise ValueError(f"encode_png takes uint8 [h, w] or [h, w, 3], not {array.dtype} {list(array.shape)}")
-    rows = np.ascontiguousarray(array).reshape(height, width * channels)
-    filtered = np.empty((height, width * channels + 1), np.uint8)
-    filtered[:, 0] = 2  # the "up" filter; the row above the first counts as zeros
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    compressor = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, PNG_ZLIB_STRATEGY)
-    data = compressor.compress(filtered) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    """uint8 [h, w] or [h, w, 3] -> PNG (server.png: decoders give back exactly ``array``)."""
+    return png.encode(array)
 
 
 def gradient_image(raw: np.ndarray) -> np.ndarray:
@@ -128,17 +103,35 @@ def _block_rows(width: int) -> int:
     return max(1, _BLOCK_PIXELS // max(width, 1))
 
 
+#: Adding 2**23 to a float32 in [0, 2**23) rounds it to the nearest integer, ties to even (np.rint's
+#: rule), and leaves that integer in the low mantissa bits: the low byte of the float's bits is then
+#: the pixel for values 0..255, with no float-to-integer conversion (numpy's is not vectorised).
+_ROUNDING = np.float32(2.0**23)
+_LOW_BYTE = 0 if sys.byteorder == "little" else 3
+
+
+def _store_rounded(values: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = np.rint(values)`` for float32 values in [0, 255], through ``_ROUNDING``."""
+    values += _ROUNDING
+    out[...] = values.reshape(-1).view(np.uint8)[_LOW_BYTE::4].reshape(values.shape)
+
+
 def draw(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
          overlay: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     """A [h, w] map's grayscale heatmap [height, width] and jet overlay [height, width, 3] as uint8
     (None where not asked for): the pixels of ``to_uint8(upsample(normalize(raw)))`` and of
-    ``to_uint8(alpha * jet(heat) + (1 - alpha) * rgb / 255)``, every float32 operation the same, but
-    drawn a block of rows at a time (the temporaries stay in cache), with the background term looked
-    up per byte value and jet's halving folded into its constants (scaling by 0.5 is exact in float
-    arithmetic: 0.5 * clip(1.5 - |4h - k|, 0, 1) == clip(0.75 - |2h - k/2|, 0, 0.5) bit for bit).
+    ``to_uint8(alpha * jet(heat) + (1 - alpha) * rgb / 255)`` with every rounding the same, but drawn a
+    block of rows at a time (the temporaries stay in cache) and with fewer operations: jet's halving
+    is folded into its constants and the background's into its divisor (scaling by 0.5 is exact in
+    float arithmetic, so 0.5 * clip(1.5 - |4h - k|, 0, 1) == clip(0.75 - |2h - k/2|, 0, 0.5) and
+    0.5 * (b / 255) == b / 510 bit for bit); clipping to [0, 255] is dropped because finite values
+    cannot leave it (heat <= 1 and alpha * jet + (1 - alpha) * b / 255 <= 1). A map with NaN or
+    infinity takes the formulas as written.
     """
-    height, width = geometry.height, geometry.width
     m = normalize(raw)
+    if not np.isfinite(m).all():
+        return _draw_as_written(m, geometry, rgb, heatmap=heatmap, overlay=overlay)
+    height, width = geometry.height, geometry.width
     h, w = m.shape
     low_y, high_y, fy, inside_y = _taps(height, h, geometry.box_top, geometry.box_height)
     low_x, high_x, fx, inside_x = _taps(width, w, geometry.box_left, geometry.box_width)
@@ -156,10 +149,7 @@ def draw(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
         if any_outside_x:
             heat[:, outside_x] = 0.0
         if gray is not None:
-            scaled = heat * np.float32(255.0)
-            np.rint(scaled, out=scaled)
-            np.clip(scaled, 0, 255, out=scaled)
-            gray[top:top + step] = scaled
+            _store_rounded(heat * np.float32(255.0), gray[top:top + step])
         if color is not None:
             _overlay_block(heat, rgb[top:top + step], color[top:top + step])
     return gray, color
@@ -168,17 +158,28 @@ def draw(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
 def _overlay_block(heat: np.ndarray, rgb: np.ndarray, out: np.ndarray) -> None:
     """``to_uint8(alpha * jet(heat) + (1 - alpha) * rgb / 255)`` for a block of rows, into ``out``."""
     doubled = heat * np.float32(2.0)
-    value = np.empty_like(heat)
+    value, background = np.empty_like(heat), np.empty_like(heat)
     for channel, centre in enumerate(_JET_HALF_CENTRES):
         np.subtract(doubled, np.float32(centre), out=value)
         np.abs(value, out=value)
         np.subtract(np.float32(0.75), value, out=value)
         np.clip(value, np.float32(0.0), np.float32(OVERLAY_ALPHA), out=value)
-        value += _BACKGROUND[rgb[..., channel]]
+        background[...] = rgb[..., channel]
+        background /= _BACKGROUND_DIVISOR
+        value += background
         value *= np.float32(255.0)
-        np.rint(value, out=value)
-        np.clip(value, 0, 255, out=value)
-        out[..., channel] = value
+        _store_rounded(value, out[..., channel])
+
+
+def _draw_as_written(m: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
+                     overlay: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The formulas as written, for the maps the fast path leaves alone (NaN or infinity)."""
+    heat = upsample(m, geometry)
+    gray = to_uint8(heat) if heatmap else None
+    color = None
+    if overlay:
+        color = to_uint8(OVERLAY_ALPHA * jet(heat) + (1.0 - OVERLAY_ALPHA) * (rgb.astype(np.float32) / 255.0))
+    return gray, color
 
 
 def render(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap_png: bool,
