@@ -17,7 +17,7 @@ OVERLAY_ALPHA = 0.5
 #: (1 - alpha) * (b / 255) == b / _BACKGROUND_DIVISOR exactly in float32 while 1 - alpha is 0.5.
 _BACKGROUND_DIVISOR = np.float32(255.0 / (1.0 - OVERLAY_ALPHA))
 #: Output pixels drawn at a time: a block's float32 temporaries stay in the CPU's cache.
-_BLOCK_PIXELS = 1 << 15
+_BLOCK_PIXELS = 1 << 16
 #: jet's channel centres (red, green, blue) on the [0, 4] ramp, halved (see _overlay_block).
 _JET_HALF_CENTRES = (1.5, 1.0, 0.5)
 
@@ -136,23 +136,44 @@ def draw(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
     low_y, high_y, fy, inside_y = _taps(height, h, geometry.box_top, geometry.box_height)
     low_x, high_x, fx, inside_x = _taps(width, w, geometry.box_left, geometry.box_width)
     rows = m[low_y] * (1 - fy)[:, None] + m[high_y] * fy[:, None]
-    keep_x, outside_x = 1 - fx, ~inside_x
-    any_outside_x = bool(outside_x.any())
+    rows[~inside_y] = 0.0  # the same zeros as masking the upsampled rows: each is a sum of two products
+    keep_x, (first_x, stop_x) = 1 - fx, _span(inside_x)
+    segments = _segments(low_x, high_x)
     gray = np.empty((height, width), np.uint8) if heatmap else None
     color = np.empty((height, width, 3), np.uint8) if overlay else None
     step = _block_rows(width)
     for top in range(0, height, step):
         block = rows[top:top + step]
-        heat = block[:, low_x] * keep_x
-        heat += block[:, high_x] * fx
-        heat[~inside_y[top:top + step]] = 0.0
-        if any_outside_x:
-            heat[:, outside_x] = 0.0
+        if len(segments) * 8 <= width:  # few source columns: broadcast products, no gathers
+            heat, far = np.empty((len(block), width), np.float32), np.empty((len(block), width), np.float32)
+            for start, stop, low, high in segments:
+                np.multiply(block[:, low, None], keep_x[start:stop], out=heat[:, start:stop])
+                np.multiply(block[:, high, None], fx[start:stop], out=far[:, start:stop])
+            heat += far
+        else:
+            heat = block[:, low_x] * keep_x
+            heat += block[:, high_x] * fx
+        heat[:, :first_x] = 0.0
+        heat[:, stop_x:] = 0.0
         if gray is not None:
             _store_rounded(heat * np.float32(255.0), gray[top:top + step])
         if color is not None:
             _overlay_block(heat, rgb[top:top + step], color[top:top + step])
     return gray, color
+
+
+def _span(inside: np.ndarray) -> tuple[int, int]:
+    """[first, stop) of the True run in ``inside`` (the crop box is one interval); (0, 0) when none."""
+    where = np.flatnonzero(inside)
+    return (int(where[0]), int(where[-1]) + 1) if len(where) else (0, 0)
+
+
+def _segments(low: np.ndarray, high: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(start, stop, low, high): the runs of output columns that read the same two source columns."""
+    change = np.flatnonzero((low[1:] != low[:-1]) | (high[1:] != high[:-1])) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(low)]])
+    return [(int(a), int(b), int(low[a]), int(high[a])) for a, b in zip(starts, stops, strict=True)]
 
 
 def _overlay_block(heat: np.ndarray, rgb: np.ndarray, out: np.ndarray) -> None:
