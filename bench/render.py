@@ -10,7 +10,9 @@ photo, and the black picture the server's own cost probe uses) and kind (the gra
 overlay, both), the old renderer (numpy over whole arrays, Pillow's PNG encoder) and the new one
 (server.heatmaps: blocks of rows, server.png with zlib and, when installed, ISA-L) run interleaved
 in one process; each case first checks that the decoded pixels are identical. The table gives ms per
-megapixel per map: for "both" one map's two PNGs. Stage timings (old and new) say where the time
+megapixel per map: for "both" one map's two PNGs. The goal is judged on each call's CPU time: rendering is
+single-threaded (numpy, zlib, ISA-L), so on an idle core its wall time is its CPU time, while on a shared
+machine the wall time also counts the waits for a core (both are recorded). Stage timings (old and new) say where the time
 goes; the encoder rows (the overlay's pixels through deflate alone, JPEG and WebP) say what bounds a
 PNG overlay and what a lossy format would cost instead.
 """
@@ -122,7 +124,9 @@ def render_rows(renderers: dict, sizes: list[float], repeats: int) -> list[dict]
                              "background": background, "kind": kind,
                              "ms_per_mpixel": {name: round(value, 2) for name, value in per.items()},
                              "cpu_ms_per_mpixel": cpu_per,
-                             "speedup": round(per["old"] / new, 2), "goal_met": new <= GOAL_MS_PER_MPIXEL,
+                             "speedup": round(per["old"] / new, 2),
+                             "goal_met": cpu_per[png.DEFAULT_COMPRESSOR] <= GOAL_MS_PER_MPIXEL,
+                             "goal_met_wall": new <= GOAL_MS_PER_MPIXEL,
                              "png_bytes_both": png_bytes, "load_average": os.getloadavg()})
                 print(f"{actual:5.2f} MP {background:5} {kind:7} "
                       + " ".join(f"{name} {value:7.1f}" for name, value in per.items())
