@@ -10,11 +10,11 @@ photo, and the black picture the server's own cost probe uses) and kind (the gra
 overlay, both), the old renderer (numpy over whole arrays, Pillow's PNG encoder) and the new one
 (server.heatmaps: blocks of rows, server.png with zlib and, when installed, ISA-L) run interleaved
 in one process; each case first checks that the decoded pixels are identical. The table gives ms per
-megapixel per map: for "both" one map's two PNGs. The goal is judged on each call's CPU time: rendering is
-single-threaded (numpy, zlib, ISA-L), so on an idle core its wall time is its CPU time, while on a shared
-machine the wall time also counts the waits for a core (both are recorded). Stage timings (old and new) say where the time
-goes; the encoder rows (the overlay's pixels through deflate alone, JPEG and WebP) say what bounds a
-PNG overlay and what a lossy format would cost instead.
+megapixel per map: for "both" one map's two PNGs. The goal is judged on each call's CPU time: rendering
+is single-threaded (numpy, zlib, ISA-L), so on an idle core its wall time is its CPU time, while on a
+shared machine the wall time also counts the waits for a core (both are recorded). Stage timings (old
+and new) say where the time goes; the encoder rows (the overlay's pixels through deflate alone, JPEG
+and WebP) say what bounds a PNG overlay and what a lossy format would cost instead.
 """
 
 from __future__ import annotations
