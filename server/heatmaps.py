@@ -126,10 +126,10 @@ def draw(raw: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
     float arithmetic, so 0.5 * clip(1.5 - |4h - k|, 0, 1) == clip(0.75 - |2h - k/2|, 0, 0.5) and
     0.5 * (b / 255) == b / 510 bit for bit); clipping to [0, 255] is dropped because finite values
     cannot leave it (heat <= 1 and alpha * jet + (1 - alpha) * b / 255 <= 1). A map with NaN or
-    infinity takes the formulas as written.
+    infinity (or a background other than uint8) takes the formulas as written.
     """
     m = normalize(raw)
-    if not np.isfinite(m).all():
+    if not np.isfinite(m).all() or (overlay and rgb.dtype != np.uint8):
         return _draw_as_written(m, geometry, rgb, heatmap=heatmap, overlay=overlay)
     height, width = geometry.height, geometry.width
     h, w = m.shape
@@ -194,7 +194,7 @@ def _overlay_block(heat: np.ndarray, rgb: np.ndarray, out: np.ndarray) -> None:
 
 def _draw_as_written(m: np.ndarray, geometry: Geometry, rgb: np.ndarray, *, heatmap: bool,
                      overlay: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The formulas as written, for the maps the fast path leaves alone (NaN or infinity)."""
+    """The formulas as written, for what the fast path leaves alone (NaN or infinity, a float background)."""
     heat = upsample(m, geometry)
     gray = to_uint8(heat) if heatmap else None
     color = None
