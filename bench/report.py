@@ -92,10 +92,12 @@ def render_table(data: dict) -> str:
         lines.append(f"| {r['mpixels']:.2f} MP | {r['background']} | {r['kind']} | {ms['old']:.1f} | "
                      f"{ms['zlib']:.1f} | {isal} | {r['speedup']:.1f}× | {cpu['old']:.1f} → "
                      f"{cpu[data['default_compressor']]:.1f} | {'met' if r['goal_met'] else 'missed'} |")
-    probe = data["probe"]["ms_per_mpixel"]
+    probe = data["probe"]
     stages = data["stages_ms_per_mpixel"]
-    lines += ["", "The server's cost probe (256 × 256, black, both PNGs): "
-              + ", ".join(f"{name} {value:.1f}" for name, value in probe.items()) + " ms/MP.", "",
+    lines += ["", "The server's cost probe (256 × 256, black, both PNGs), ms/MP: "
+              + ", ".join(f"{name} {value:.1f}" for name, value in probe["ms_per_mpixel"].items()) + "; CPU "
+              + ", ".join(f"{name} {value:.1f}" for name, value in probe.get("cpu_ms_per_mpixel", {}).items())
+              + ".", "",
               "| stage at 1 MP, photo | ms/MP | CPU ms/MP |", "|---|---|---|"]
     lines += [f"| {name} | {value['wall']:.1f} | {value['cpu']:.1f} |" for name, value in stages.items()]
     return "\n".join(lines)
