@@ -1,6 +1,6 @@
 """Raw maps to pictures: ReLU, min-max normalisation, bilinear upsampling to the original image,
 grayscale and colour-overlay PNGs; RGB gradient images for the input-gradient maps. numpy and
-Pillow only; nothing is encoded unless asked for."""
+Pillow (and server.png's encoder); nothing is encoded unless asked for. bench/render.py measures it."""
 
 from __future__ import annotations
 
