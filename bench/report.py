@@ -80,10 +80,34 @@ def batch_scaling_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_table(data: dict) -> str:
+    load = data["load_average_before"]
+    lines = [machine_line(data["machine"]) + f" Load average {load[0]:.1f} at the start, "
+             f"{data['load_average_after'][0]:.1f} at the end; median of {data['repeats']} interleaved runs.", "",
+             "| picture | background | PNGs | before ms/MP | zlib ms/MP | ISA-L ms/MP | speedup "
+             "| CPU ms/MP before → now | goal ≤ 10 (CPU) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        ms, cpu = r["ms_per_mpixel"], r["cpu_ms_per_mpixel"]
+        isal = f"{ms['isal']:.1f}" if "isal" in ms else "–"
+        lines.append(f"| {r['mpixels']:.2f} MP | {r['background']} | {r['kind']} | {ms['old']:.1f} | "
+                     f"{ms['zlib']:.1f} | {isal} | {r['speedup']:.1f}× | {cpu['old']:.1f} → "
+                     f"{cpu[data['default_compressor']]:.1f} | {'met' if r['goal_met'] else 'missed'} |")
+    probe = data["probe"]
+    stages = data["stages_ms_per_mpixel"]
+    lines += ["", "The server's cost probe (256 × 256, black, both PNGs), ms/MP: "
+              + ", ".join(f"{name} {value:.1f}" for name, value in probe["ms_per_mpixel"].items()) + "; CPU "
+              + ", ".join(f"{name} {value:.1f}" for name, value in probe.get("cpu_ms_per_mpixel", {}).items())
+              + ".", "",
+              "| stage at 1 MP, photo | ms/MP | CPU ms/MP |", "|---|---|---|"]
+    lines += [f"| {name} | {value['wall']:.1f} | {value['cpu']:.1f} |" for name, value in stages.items()]
+    return "\n".join(lines)
+
+
 def main() -> int:
     sections = [("Explanation overhead and pytorch-grad-cam (overhead.json)", "overhead", overhead_tables),
                 ("Server under load (server-load.json)", "server-load", server_load_tables),
-                ("Batch scaling (batch-scaling.json)", "batch-scaling", batch_scaling_table)]
+                ("Batch scaling (batch-scaling.json)", "batch-scaling", batch_scaling_table),
+                ("Rendering heatmaps and overlays (render.json)", "render", render_table)]
     for title, name, render in sections:
         data = load(name)
         print(f"### {title}\n")
