@@ -249,7 +249,8 @@ class Pipeline:
         geometry = prepared.geometry
         declared = {name: registry.get(name) for name in chosen}
         rules = sorted({m.rule for m in declared.values() if m.kind is Kind.INPUT})
-        pixels = np.repeat(prepared.pixels[None], rows, axis=0)
+        # one row (one target, the common case) is a view: the batcher copies rows into the batch anyway
+        pixels = prepared.pixels[None] if rows == 1 else np.repeat(prepared.pixels[None], rows, axis=0)
         target = np.asarray(options.targets or [-1], dtype=np.int64)
         # Both graphs are queued before waiting on either, so their batchers run them side by side.
         pending: list[Future] = []
