@@ -80,10 +80,29 @@ def batch_scaling_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def server_overhead_table(data: dict) -> str:
+    s = data["summary"]
+    lines = [machine_line(data["machine"]) + f" `{data['model']}`, N = {data['clients']}, {data['pairs']} pairs of "
+             f"{data['window_s']:g} s windows.", "",
+             "| pair | server req/s | mean batch | bare session rows/s | ratio | load average |",
+             "|---|---|---|---|---|---|"]
+    for i, w in enumerate(data["windows"], 1):
+        lines.append(f"| {i} | {w['server']['throughput_rps']:.1f} | {w['server']['mean_batch_rows']:.2f} | "
+                     f"{w['bare']['rows_per_s']:.1f} | {w['ratio']:.2f}× | {w['load_average'][0]:.1f} |")
+    met = "met" if data["goal"]["ratio>=0.8"]["met"] else "missed"
+    lines += ["", f"All windows: {s['server_rps']:.1f} req/s against {s['bare_rows_per_s']:.1f} rows/s, "
+              f"**{s['ratio']:.2f}×** (goal ≥ 0.8×: {met}); CPU {s['server_cpu_ms_per_request']:.1f} ms per request "
+              f"against {s['bare_cpu_ms_per_row']:.1f} ms per bare row "
+              f"({s['bare_cpu_ms_per_row'] / s['server_cpu_ms_per_request']:.2f}×); load generator "
+              f"{s['client_cpu_cores']:.2f} cores."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     sections = [("Explanation overhead and pytorch-grad-cam (overhead.json)", "overhead", overhead_tables),
                 ("Server under load (server-load.json)", "server-load", server_load_tables),
-                ("Batch scaling (batch-scaling.json)", "batch-scaling", batch_scaling_table)]
+                ("Batch scaling (batch-scaling.json)", "batch-scaling", batch_scaling_table),
+                ("Server overhead (server-overhead.json)", "server-overhead", server_overhead_table)]
     for title, name, render in sections:
         data = load(name)
         print(f"### {title}\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import os
 import random
 import sys
@@ -30,16 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_MODEL_DIR, ensure_model, write_json  # noqa: E402
+from common import DEFAULT_MODEL_DIR, ensure_model, interleaved, median_ms, write_json  # noqa: E402
 from server_load import PHOTO, RPC_TIMEOUT_S, ServerProcess, load_average, run_load, shown_path  # noqa: E402
 
 from onnxcam import contract  # noqa: E402
 from onnxcam.client import ExplainerClient, build_request  # noqa: E402
+from server import imaging  # noqa: E402
 
 GOAL_RATIO = 0.8
 
@@ -58,8 +61,6 @@ def server_model(model_dir: Path, server_args: list[str], name: str):
 
 def prepared_row(model) -> np.ndarray:
     """The photo as the server preprocesses it: float32 [3, H, W]."""
-    from server import imaging
-
     image = imaging.decode(PHOTO.read_bytes(), model.config.max_image_pixels, model.config.image_formats)
     return imaging.prepare_image(image, model.info.preprocess).pixels
 
@@ -87,6 +88,34 @@ def run_bare(model, row: np.ndarray, batch_rows: dict[int, int], duration_s: flo
     wall = time.perf_counter() - start
     return {"duration_s": round(wall, 2), "rows": rows, "calls": calls, "rows_per_s": rows / wall,
             "mean_batch_rows": rows / calls, "cpu_cores": (time.process_time() - cpu) / wall}
+
+
+def draft_decode(model, repeats: int, side: int = 3000) -> dict[str, Any]:
+    """What JPEG draft mode (DCT scaling while decoding) would save on a large photo, and how far its
+    pixels are from the documented preprocessing (full decode, then one bilinear resize): the
+    server does not use it, since the preprocessing is defined bit for bit (onnxcam.preprocess)."""
+    photo = Image.open(PHOTO).convert("RGB")
+    large = photo.resize((side * photo.width // photo.height, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    large.save(buffer, format="JPEG", quality=90)
+    data, pre, limit = buffer.getvalue(), model.info.preprocess, model.config.max_image_pixels
+
+    def full() -> np.ndarray:
+        return imaging.prepare_image(imaging.decode(data, limit), pre).pixels
+
+    def draft() -> np.ndarray:
+        header = imaging.open_header(data, limit)
+        width, height = header.size
+        new_h, new_w = imaging.resized_size(height, width, pre.resize_shorter_side)
+        header.draft("RGB", (new_w, new_h))  # the largest DCT scale (1/2, 1/4, 1/8) still at least this size
+        return imaging.prepare_image(imaging.load(header), pre).pixels
+
+    times = interleaved({"full": full, "draft": draft}, repeats)
+    std = np.asarray(pre.std, np.float32)[:, None, None] / np.float32(pre.scale)
+    difference = np.abs(full() - draft()) * std  # in 0-255 pixel steps
+    return {"photo": f"{PHOTO.name} enlarged to {large.width}x{large.height}, JPEG quality 90",
+            "full_ms": median_ms(times["full"]), "draft_ms": median_ms(times["draft"]),
+            "max_pixel_difference": float(difference.max()), "mean_pixel_difference": float(difference.mean())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             payload.update(model=name, threads={"intra_op": model.config.intra_op_threads,
                                                 "inter_op": model.config.inter_op_threads,
                                                 "spin": model.config.spin})
+            payload["draft_decode"] = draft_decode(model, 3 if args.quick else 10)
             for pair in range(pairs):
                 served = run_load(server, request, clients, window, args.channels)
                 bare = run_bare(model, row, served["batch_rows"], window, seed=pair)
@@ -170,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
           + ", ".join(f"{r:.2f}" for r in summary["ratio_per_pair"]) + ")")
     print(f"CPU: server {summary['server_cpu_ms_per_request']:.1f} ms per request, bare session "
           f"{summary['bare_cpu_ms_per_row']:.1f} ms per row; load generator {summary['client_cpu_cores']:.2f} cores")
+    draft = payload["draft_decode"]
+    print(f"JPEG draft mode on {draft['photo']}: decode + preprocess {draft['full_ms']:.1f} -> {draft['draft_ms']:.1f} "
+          f"ms, pixels differ by up to {draft['max_pixel_difference']:.1f} steps of 255 (mean "
+          f"{draft['mean_pixel_difference']:.2f}): not used")
     print(f"goal ratio >= {GOAL_RATIO}: {'met' if payload['goal']['ratio>=0.8']['met'] else 'MISSED'}; "
           f"errors {summary['errors']}")
     path = write_json(args.name or ("server-overhead-quick" if args.quick else "server-overhead"), payload)
