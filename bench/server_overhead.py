@@ -70,6 +70,12 @@ def batch_counts(batch_rows: dict[int, int]) -> dict[int, float]:
     return {size: count / size for size, count in batch_rows.items() if count}
 
 
+def rows_per_call(batch_rows: dict[int, int]) -> float:
+    """Mean rows per session call (not per request: a request in a batch of b counts 1/b of the call)."""
+    calls = sum(batch_counts(batch_rows).values())
+    return sum(batch_rows.values()) / calls if calls else 0.0
+
+
 def run_bare(model, row: np.ndarray, batch_rows: dict[int, int], duration_s: float, seed: int) -> dict[str, Any]:
     """The server's explainer session alone for ``duration_s``: batches drawn in the server's proportions."""
     counts = batch_counts(batch_rows) or {1: 1.0}
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                 payload["windows"].append({"server": served, "bare": bare, "ratio": ratio,
                                            "load_average": load_average()})
                 print(f"  pair {pair + 1}: server {served['throughput_rps']:6.1f} req/s (mean batch "
-                      f"{served['mean_batch_rows']:.2f}, {served['server_cpu_cores']:.2f} + client "
+                      f"{rows_per_call(served['batch_rows']):.2f}, {served['server_cpu_cores']:.2f} + client "
                       f"{served['client_cpu_cores']:.2f} cores), bare {bare['rows_per_s']:6.1f} rows/s "
                       f"(mean batch {bare['mean_batch_rows']:.2f}) -> {ratio:.2f}x", flush=True)
         finally:
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         "server_rps": requests / server_s, "bare_rows_per_s": rows / bare_s,
         "ratio": (requests / server_s) / (rows / bare_s),
         "ratio_per_pair": [w["ratio"] for w in windows],
-        "mean_batch_rows": sum(k * v for k, v in histogram.items()) / max(sum(histogram.values()), 1),
+        "rows_per_call": rows_per_call(dict(histogram)),
+        "bare_rows_per_call": rows / sum(w["bare"]["calls"] for w in windows),
         "server_cpu_ms_per_request": server_cpu_s * 1000.0 / max(requests, 1),
         "bare_cpu_ms_per_row": bare_cpu_s * 1000.0 / max(rows, 1),
         "server_cpu_cores": server_cpu_s / server_s,
@@ -188,24 +195,31 @@ def main(argv: list[str] | None = None) -> dict:
         "p50_ms": float(np.median([w["server"]["p50_ms"] for w in windows])),
         "errors": sum(w["server"]["errors"] for w in windows),
     }
+    # Work per CPU second, server against bare: what the throughput ratio would be if each side had the
+    # cores to itself. Under outside load the throughput ratio is not that: the scheduler shares the cores
+    # among runnable threads, and the server has a dozen against the bare session's two.
+    summary["cpu_ratio"] = summary["bare_cpu_ms_per_row"] / summary["server_cpu_ms_per_request"]
     payload["summary"] = summary
-    payload["goal"] = {"ratio>=0.8": {"value": summary["ratio"], "met": summary["ratio"] >= GOAL_RATIO}}
+    payload["goal"] = {"ratio>=0.8": {"value": summary["ratio"], "met": summary["ratio"] >= GOAL_RATIO},
+                       "cpu_ratio>=0.8": {"value": summary["cpu_ratio"], "met": summary["cpu_ratio"] >= GOAL_RATIO}}
     payload["load_average_after"] = load_average()
     payload["elapsed_s"] = round(time.perf_counter() - began, 1)
     print(f"\nserver overhead: {payload['model']}, {PHOTO.name}, Grad-CAM raw, N = {clients}, {pairs} pairs of "
           f"{window:g} s windows; {os.cpu_count()} cores, load average {payload['load_average_before']} before, "
           f"{payload['load_average_after']} after")
-    print(f"server {summary['server_rps']:.1f} req/s, bare session {summary['bare_rows_per_s']:.1f} rows/s at mean "
-          f"batch {summary['mean_batch_rows']:.2f}: ratio {summary['ratio']:.2f}x (per pair: "
-          + ", ".join(f"{r:.2f}" for r in summary["ratio_per_pair"]) + ")")
+    print(f"server {summary['server_rps']:.1f} req/s, bare session {summary['bare_rows_per_s']:.1f} rows/s; rows "
+          f"per call {summary['rows_per_call']:.2f} (bare {summary['bare_rows_per_call']:.2f}): ratio "
+          f"{summary['ratio']:.2f}x (per pair: " + ", ".join(f"{r:.2f}" for r in summary["ratio_per_pair"]) + ")")
     print(f"CPU: server {summary['server_cpu_ms_per_request']:.1f} ms per request, bare session "
-          f"{summary['bare_cpu_ms_per_row']:.1f} ms per row; load generator {summary['client_cpu_cores']:.2f} cores")
+          f"{summary['bare_cpu_ms_per_row']:.1f} ms per row ({summary['cpu_ratio']:.2f}x); load generator "
+          f"{summary['client_cpu_cores']:.2f} cores")
     draft = payload["draft_decode"]
     print(f"JPEG draft mode on {draft['photo']}: decode + preprocess {draft['full_ms']:.1f} -> {draft['draft_ms']:.1f} "
           f"ms, pixels differ by up to {draft['max_pixel_difference']:.1f} steps of 255 (mean "
           f"{draft['mean_pixel_difference']:.2f}): not used")
-    print(f"goal ratio >= {GOAL_RATIO}: {'met' if payload['goal']['ratio>=0.8']['met'] else 'MISSED'}; "
-          f"errors {summary['errors']}")
+    for name, goal in payload["goal"].items():
+        print(f"goal {name}: {'met' if goal['met'] else 'MISSED'} ({goal['value']:.2f})")
+    print(f"errors {summary['errors']}")
     path = write_json(args.name or ("server-overhead-quick" if args.quick else "server-overhead"), payload)
     print(f"wrote {path}")
     return payload
