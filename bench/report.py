@@ -103,11 +103,34 @@ def render_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def server_overhead_table(data: dict) -> str:
+    s = data["summary"]
+    lines = [machine_line(data["machine"]) + f" `{data['model']}`, N = {data['clients']}, {data['pairs']} pairs of "
+             f"{data['window_s']:g} s windows.", "",
+             "| pair | server req/s | rows per call | bare session rows/s | ratio | server CPU ms per request "
+             "| bare CPU ms per row | CPU ratio | load average |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, w in enumerate(data["windows"], 1):
+        served, bare = w["server"], w["bare"]
+        calls = sum(count / int(size) for size, count in served["batch_rows"].items())
+        served_ms = served["server_cpu_cores"] * served["duration_s"] * 1000.0 / served["requests"]
+        bare_ms = bare["cpu_cores"] * bare["duration_s"] * 1000.0 / bare["rows"]
+        lines.append(f"| {i} | {served['throughput_rps']:.1f} | {served['requests'] / calls:.2f} | "
+                     f"{bare['rows_per_s']:.1f} | {w['ratio']:.2f}× | {served_ms:.1f} | {bare_ms:.1f} | "
+                     f"{bare_ms / served_ms:.2f}× | {w['load_average'][0]:.1f} |")
+    verdict = {name: "met" if goal["met"] else "missed" for name, goal in data["goal"].items()}
+    lines += ["", f"All windows: {s['server_rps']:.1f} req/s against {s['bare_rows_per_s']:.1f} rows/s, "
+              f"**{s['ratio']:.2f}×** (goal ≥ 0.8×: {verdict['ratio>=0.8']}); CPU {s['server_cpu_ms_per_request']:.1f} "
+              f"ms per request against {s['bare_cpu_ms_per_row']:.1f} ms per bare row, **{s['cpu_ratio']:.2f}×** "
+              f"({verdict['cpu_ratio>=0.8']}); load generator {s['client_cpu_cores']:.2f} cores."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     sections = [("Explanation overhead and pytorch-grad-cam (overhead.json)", "overhead", overhead_tables),
                 ("Server under load (server-load.json)", "server-load", server_load_tables),
                 ("Batch scaling (batch-scaling.json)", "batch-scaling", batch_scaling_table),
-                ("Rendering heatmaps and overlays (render.json)", "render", render_table)]
+                ("Rendering heatmaps and overlays (render.json)", "render", render_table),
+                ("Server overhead (server-overhead.json)", "server-overhead", server_overhead_table)]
     for title, name, render in sections:
         data = load(name)
         print(f"### {title}\n")

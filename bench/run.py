@@ -19,7 +19,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = ["overhead", "gradient_free", "input_gradients", "sampled", "edge_runtimes", "server_load",
-           "batch_scaling", "evaluate", "render"]
+           "batch_scaling", "evaluate", "render", "server_overhead"]
 #: Benchmarks that only make sense next to the peer library (grad-cam, captum, torchcam, openvino: the dev extra), so
 #: without it they are skipped, not failed.
 REQUIRES = {"gradient_free": "pytorch_grad_cam", "input_gradients": "captum", "sampled": "captum",

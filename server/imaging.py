@@ -8,10 +8,11 @@ viewer shows it.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,6 +27,8 @@ from server.model_info import Preprocess
 FORMATS = DEFAULT_IMAGE_FORMATS
 #: File signatures of the formats off by default, to name a refused one without parsing it.
 _SIGNATURES = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+#: The EXIF tag onnxcam.preprocess's step 1 applies.
+_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,14 @@ class Geometry:
 class Prepared:
     pixels: np.ndarray  # float32 [3, H, W]
     geometry: Geometry
-    #: The original image as uint8 [height, width, 3]: the overlay's background.
-    rgb: np.ndarray
+    #: The original upright RGB image (a decoded image, or uint8 [height, width, 3] already).
+    original: Image.Image | np.ndarray = field(repr=False)
+
+    @functools.cached_property
+    def rgb(self) -> np.ndarray:
+        """The original image as uint8 [height, width, 3]: the overlay's background, made on first use
+        only, since a request for raw maps never draws one (a copy of every pixel of the photo)."""
+        return np.asarray(self.original)
 
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
@@ -133,9 +142,22 @@ def load(image: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
-            return preprocessing.upright_rgb(image)
+            return _upright_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error, IndexError) as error:
         raise invalid(f"{image.format} image is corrupt or truncated: {error}") from error
+
+
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """onnxcam.preprocess's steps 1 and 2; an RGB image without an EXIF rotation (most photos) is
+    returned as it is, where ``upright_rgb`` makes two copies of it that hold the same pixels."""
+    if image.mode == "RGB":
+        try:
+            orientation = image.getexif().get(_ORIENTATION, 1)
+        except (OSError, SyntaxError, ValueError, KeyError, TypeError):
+            orientation = None  # upright_rgb decides what an unreadable EXIF block means
+        if orientation == 1:
+            return image
+    return preprocessing.upright_rgb(image)
 
 
 def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
@@ -150,15 +172,14 @@ normalize = preprocessing.normalize
 
 def prepare_image(image: Image.Image, preprocess: Preprocess) -> Prepared:
     """onnxcam.preprocess's steps 3-5 on a decoded upright RGB image, plus where the crop came from."""
-    rgb = np.asarray(image)
-    height, width = rgb.shape[:2]
+    width, height = image.size
     resized = preprocessing.resize(image, preprocess)
     new_w, new_h = resized.size
     cropped, top, left = preprocessing.center_crop(np.asarray(resized), preprocess.crop)
     scale_y, scale_x = height / new_h, width / new_w
     geometry = Geometry(height, width, top * scale_y, left * scale_x, preprocess.crop[0] * scale_y,
                         preprocess.crop[1] * scale_x)
-    return Prepared(normalize(cropped, preprocess), geometry, rgb)
+    return Prepared(normalize(cropped, preprocess), geometry, image)
 
 
 def prepare_tensor(shape: list[int], data: np.ndarray, preprocess: Preprocess) -> Prepared:
