@@ -1,30 +1,67 @@
-"""Linear layers on batched token sequences traced as one matrix product, not a batch of them.
+"""Products with a weight matrix traced as one 2-D GEMM, not as a batch of copies of the weight.
 
 ``aten.linear`` on a [L, N, C] input becomes ``matmul``, and PyTorch's matmul folds the leading
-dimensions into one only when that needs no copy of an input that requires grad. Multi-head
-attention's input projection gets a transposed, non-contiguous sequence while the explainer is traced
-with gradients on, so matmul broadcasts instead: the [C, 3C] weight is expanded to [L, C, 3C] and
-multiplied batch by batch. In ONNX that is an Expand of 1.4 GB per ViT-B block (197 × 768 × 2304
-floats) in every graph, which ONNX Runtime materialises on every call. Folded here first, the
-product is one [L·N, C] × [C, 3C] GEMM; the values are the same.
+dimensions into one only when that needs no copy of its input. Multi-head attention's input
+projection gets a transposed, non-contiguous sequence, so matmul broadcasts instead: the [C, 3C]
+weight is expanded to [L, C, 3C] and multiplied batch by batch, in the forward and again in the
+backward. In ONNX that is an Expand of 1.4 GB per ViT-B block (197 × 768 × 2304 floats) in every
+graph, which ONNX Runtime builds on every call (the export check of vit_b_16 ran out of memory).
+The pass below rewrites each ``bmm(x, expand(W))`` of the traced graph into
+``reshape(mm(reshape(x, [-1, C]), W))``: the same products, one GEMM.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.fx import GraphModule, Node
 
-_LINEARS = (torch.nn.functional.linear, torch._C._nn.linear)
+aten = torch.ops.aten
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
-class FoldedLinear(TorchFunctionMode):
-    """While tracing: ``linear`` on an input of more than two dimensions runs on its 2-D reshape."""
+def _broadcast_matrix(node: object) -> Node | None:
+    """The 2-D node W when ``node`` is W expanded to [B, K, M] (possibly viewed as that same shape)."""
+    if isinstance(node, Node) and node.target in _VIEWS and isinstance(node.args[0], Node):
+        if tuple(node.args[0].meta["val"].shape) != tuple(node.meta["val"].shape):
+            return None
+        node = node.args[0]
+    if not (isinstance(node, Node) and node.target == aten.expand.default and isinstance(node.args[0], Node)):
+        return None
+    matrix = node.args[0]
+    expanded = node.meta["val"].shape
+    if matrix.meta["val"].dim() != 2 or len(expanded) != 3 or tuple(expanded[1:]) != tuple(matrix.meta["val"].shape):
+        return None
+    return matrix
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _LINEARS and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 2:
-            inputs, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get("bias")
-            flat = func(inputs.reshape(-1, inputs.shape[-1]), weight, bias)
-            return flat.reshape(*inputs.shape[:-1], flat.shape[-1])
-        return func(*args, **kwargs)
+
+def _output_shape(shape: torch.Size) -> list[int] | None:
+    """[B, L, M] with the one dimension that is not a plain int as -1 (None: more than one is symbolic)."""
+    sizes = [s if isinstance(s, int) else -1 for s in shape]
+    return sizes if sizes.count(-1) <= 1 else None
+
+
+def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
+    """Rewrite every bmm with a broadcast weight matrix on its right into one mm; returns how many."""
+    graph, folded = graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.bmm.default:
+            continue
+        inputs, other = node.args
+        matrix = _broadcast_matrix(other)
+        inner = inputs.meta["val"].shape[-1]
+        shape = _output_shape(node.meta["val"].shape)
+        if matrix is None or not isinstance(inner, int) or shape is None:
+            continue
+        with graph.inserting_before(node):
+            rows = graph.call_function(aten.reshape.default, (inputs, [-1, inner]))
+            product = graph.call_function(aten.mm.default, (rows, matrix))
+            replacement = graph.call_function(aten.reshape.default, (product, shape))
+        replacement.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        folded += 1
+    if folded:
+        graph.eliminate_dead_code()
+        graph.lint()
+        graph_module.recompile()
+    return folded

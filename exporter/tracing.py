@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from exporter.backprop_rules import RuleState, ruled_relus
 from exporter.cam_formulas import gradcam, graph_maps, graph_methods
 from exporter.decompositions import ContiguousPoolingInputs, backward_decompositions
-from exporter.folded_linear import FoldedLinear
+from exporter.folded_linear import fold_broadcast_matmuls
 from exporter.hooks import Capture, on_layer_output
 
 Params = dict[str, torch.Tensor]
@@ -148,17 +148,20 @@ def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> Graph
     """make_fx with a symbolic batch and every backward op decomposed to exportable ops.
 
     Weights are closed over, not traced inputs: as inputs every one of their dimensions would
-    become a symbol too, which makes tracing about ten times slower for nothing.
+    become a symbol too, which makes tracing about ten times slower for nothing. Products with a
+    weight matrix broadcast over a batch are folded into one GEMM (``fold_broadcast_matmuls``).
     """
     params, buffers = detached_state(model)
 
     def bound(*inputs: torch.Tensor):
         return function(params, buffers, *inputs)
 
-    with ContiguousPoolingInputs(), FoldedLinear(), plain_attention():
-        return make_fx(
+    with ContiguousPoolingInputs(), plain_attention():
+        graph = make_fx(
             bound,
             decomposition_table=backward_decompositions(),
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,  # the closed-over weights become graph constants
         )(*example)
+    fold_broadcast_matmuls(graph)
+    return graph
