@@ -244,7 +244,10 @@ def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, h
 
     if "scorecam" in methods:
         # DESIGN.md weights: softmax over k of the softmax score = ClassifierOutputSoftmaxTarget
-        cam = ScoreCAM(model, [layers[layer_name]])
+        # Lite0's _bn1 is rectified in place by the package's ReLU6, after pytorch-grad-cam's hook has
+        # taken the BatchNorm output: the transform gives it the rectified A the exported graph holds
+        cam = ScoreCAM(model, [layers[layer_name]],
+                       reshape_transform=(lambda a: a.clamp(0, 6)) if arch == LITE0 else None)
         (t_score, score), (t_theirs, theirs) = timed_pair(
             lambda: gf.score_cam(forward, pixels, activations, targets),
             lambda: cam(input_tensor=x, targets=[ClassifierOutputSoftmaxTarget(target)]), heavy_repeats)
