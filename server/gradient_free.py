@@ -41,6 +41,10 @@ METHODS: tuple[str, ...] = (ABLATION, ABLATION_LINEAR, SCORE, RECIPRO, EIGEN)
 
 #: Score-CAM's min-max normalisation epsilon, (a - min) / (max - min + eps), as pytorch-grad-cam.
 SCORE_CAM_EPS = 1e-8
+#: Channels whose range max A_k - min A_k is at least this share a Score-CAM row with their positive
+#: affine copies: the eps then scales the mask by less than 2^-24 relative, below float32's resolution
+#: (see ``score_cam_plan``). Channels with a smaller range share a row only with an equal range.
+SCORE_CAM_SHARED_RANGE = SCORE_CAM_EPS * 2.0**24
 #: ReciproCAM's 3x3 Gaussian mosaic kernel (Byun & Lee; their reference code).
 RECIPRO_KERNEL = np.array([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]], np.float32)
 
@@ -65,7 +69,9 @@ def forward_count(method: str, channels: int, height: int, width: int, *, top_r:
     This is exact in general and an upper bound when some channels are degenerate: Ablation-CAM
     skips channels that are zero everywhere (ablating them changes nothing, and A_k = 0 adds
     nothing to the map); Score-CAM sends all constant channels (their masks are zero, so their
-    masked inputs are all-zero images) through one shared all-zero row. Rows are packed across
+    masked inputs are all-zero images) through one shared all-zero row, and runs each distinct
+    mask of an image once (``score_cam_plan``: channels equal after min-max normalisation, such
+    as the many ReLU'd maps that are nonzero at one position, share one row). Rows are packed across
     the images of a call in runs of ``chunk_size`` (head) or ``batch_size`` (Score-CAM), so a call
     makes ceil(N * count / chunk_size) session runs at most.
     """
@@ -349,7 +355,8 @@ def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activat
     max A_k == min A_k gets the zero mask (pytorch-grad-cam: 0 / 1e-8; we decide on A_k itself,
     so float rounding in the upsampling of a constant channel cannot make a mask of noise).
     ``pixels * mask_k`` run through ``forward`` (``forward.onnx``), ``batch_size`` rows per run,
-    packed across images; all constant channels of all images share one all-zero row.
+    packed across images; all constant channels of all images share one all-zero row, and the
+    channels of an image with the same mask share one row (``score_cam_plan``).
     w = softmax over k of softmax(logits)[target]. This equals pytorch-grad-cam's ScoreCAM with
     ``ClassifierOutputSoftmaxTarget`` targets (the probability, as the Score-CAM authors' code
     scores); its default ``ClassifierOutputTarget`` scores with the raw logit instead.
@@ -363,29 +370,103 @@ def score_cam_weights(forward: ort.InferenceSession, pixels: np.ndarray, activat
     ry = bilinear_matrix(h, height, align_corners=SCORE_CAM_ALIGN_CORNERS)
     rx_t = np.ascontiguousarray(bilinear_matrix(w, width, align_corners=SCORE_CAM_ALIGN_CORNERS).T)
 
-    flat = activations.reshape(n, k, h * w)
-    constant = flat.max(axis=2) == flat.min(axis=2)  # [N, K]
-    row_image, row_channel = np.nonzero(~constant)
-    scores = np.zeros((n, k), dtype=np.float64)
-    for part in _chunks(len(row_image), batch_size, check):
-        images, channels = row_image[part], row_channel[part]
+    plan = score_cam_plan(activations)
+    row_scores = np.empty(len(plan.row_image), dtype=np.float64)
+    for part in _chunks(len(plan.row_image), batch_size, check):
+        images, channels = plan.row_image[part], plan.row_channel[part]
         up = np.matmul(np.matmul(ry, activations[images, channels]), rx_t)  # [m, H, W]
         low = up.min(axis=(1, 2), keepdims=True)
         high = up.max(axis=(1, 2), keepdims=True)
         masks = (up - low) / (high - low + np.float32(SCORE_CAM_EPS))
         batch = pixels[images] * masks[:, None]
         (out,) = forward.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: batch})
-        scores[images, channels] = _softmax_at(out, targets[images])
-    if constant.any():
+        row_scores[part] = _softmax_at(out, targets[images])
+    scores = np.zeros((n, k), dtype=np.float64)
+    live = plan.row_of >= 0
+    scores[live] = row_scores[plan.row_of[live]]
+    if plan.constant.any():
         zero = np.zeros((1, *pixels.shape[1:]), dtype=np.float32)
         (out,) = forward.run([contract.OUTPUT_LOGITS], {contract.INPUT_PIXELS: zero})
-        for i in np.flatnonzero(constant.any(axis=1)):
-            scores[i, constant[i]] = _softmax_at(out, targets[i:i + 1])[0]
+        for i in np.flatnonzero(plan.constant.any(axis=1)):
+            scores[i, plan.constant[i]] = _softmax_at(out, targets[i:i + 1])[0]
 
     if n == 0:
         return scores
     weights = np.exp(scores - scores.max(axis=1, keepdims=True))
     return weights / weights.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ScoreCamPlan:
+    """The forward.onnx rows Score-CAM runs for a batch of activations [N, K, h, w]."""
+
+    #: [N, K]: max A_k == min A_k; these channels share one all-zero row across all images.
+    constant: np.ndarray
+    #: [R]: the image and channel whose mask each row holds (one row per distinct mask).
+    row_image: np.ndarray
+    row_channel: np.ndarray
+    #: [N, K]: the row whose score channel k takes (-1 for the constant channels).
+    row_of: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        """Rows sent through forward.onnx, the shared all-zero row included."""
+        return len(self.row_image) + int(self.constant.any())
+
+    @property
+    def duplicates(self) -> int:
+        """Non-constant channels that take another channel's row."""
+        return int((~self.constant).sum()) - len(self.row_image)
+
+
+def score_cam_plan(activations: np.ndarray) -> ScoreCamPlan:
+    """Which channels of each image share a Score-CAM mask, decided on A itself (no upsampling).
+
+    Bilinear interpolation is affine with weights that sum to 1, so upsampling a positive affine
+    copy alpha * A_k + beta of a channel gives alpha * U_k + beta, whose min-max normalisation is
+    (U_k - min U_k) / (max U_k - min U_k + eps / alpha): the same mask but for the eps. This holds
+    whatever the upsampled extremes are: they need not be A_k's own (with corners aligned, 7 -> 224
+    samples only the corners of the 7 x 7 grid exactly), since the normalisation is applied after
+    the upsampling and only its affine equivariance is used. Two channels of an image therefore
+    share a row when their normalised maps (A_k - min A_k) / (max A_k - min A_k), computed in float64
+    and rounded to float32, are equal bit for bit, and either both ranges max A_k - min A_k are at
+    least SCORE_CAM_SHARED_RANGE (the eps then changes each mask by less than 2^-24 relative) or the
+    two ranges are equal (a shifted copy: the same eps). Their exact masks then differ by at most
+    one float32 rounding of the normalised map, within the float32 rounding of the mask formula
+    itself, so a shared row changes the map only at float32 precision. Identical channels and the
+    ReLU'd maps that are nonzero at one position (normalised: the same one-hot map) are the common
+    case. Rows are never shared across images (the pixels differ), except the all-zero one.
+    """
+    activations = np.asarray(activations, dtype=np.float32)
+    if activations.ndim != 4:
+        raise ValueError(f"activations must be [N, K, h, w], got shape {activations.shape}")
+    n, k, h, w = activations.shape
+    flat = activations.reshape(n, k, h * w).astype(np.float64)
+    low, high = flat.min(axis=2), flat.max(axis=2)
+    spread = high - low
+    constant = spread == 0
+    row_image, row_channel = [], []
+    row_of = np.full((n, k), -1, dtype=np.int64)
+    offset = 0
+    for i in range(n):
+        live = np.flatnonzero(~constant[i])
+        if not len(live):
+            continue
+        key = np.empty((len(live), flat.shape[2] + 1), dtype=np.float32)
+        key[:, :-1] = (flat[i, live] - low[i, live, None]) / spread[i, live, None]
+        key[:, -1] = np.where(spread[i, live] >= SCORE_CAM_SHARED_RANGE, 0.0, spread[i, live])
+        raw = np.ascontiguousarray(key).view(np.dtype((np.void, key.shape[1] * key.itemsize))).ravel()
+        _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)  # bytes: exact equality
+        order = np.sort(first)  # rows in channel order
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        row_of[i, live] = offset + rank[inverse.ravel()]
+        offset += len(order)
+        row_image.append(np.full(len(order), i, dtype=np.int64))
+        row_channel.append(live[order])
+    empty = np.zeros(0, dtype=np.int64)
+    return ScoreCamPlan(constant, np.concatenate(row_image) if row_image else empty,
+                        np.concatenate(row_channel) if row_channel else empty, row_of)
 
 
 # ----------------------------------------------------------------------------------------------

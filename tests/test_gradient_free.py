@@ -390,7 +390,14 @@ def test_degenerate_channels_cost_less_and_change_nothing(tiny: Model) -> None:
     forward = CountingSession(tiny.session(contract.FORWARD_FILE))
     got = gf.score_cam(forward, pixels, activations, targets)
     assert forward.rows == n * gf.forward_count("scorecam", k, h, w) - 4 + 1
-    # the reference: every mask run on its own, constant channels' masks set to zero explicitly
+    _, reference = _score_reference(tiny.session(contract.FORWARD_FILE), pixels, activations, targets)
+    assert rel_error(got, reference) < TOLERANCE
+
+
+def _score_reference(forward, pixels, activations, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Score-CAM weights and maps with every channel's mask run on its own (no sharing), constant
+    channels' masks set to zero explicitly."""
+    n, k = activations.shape[:2]
     scores = np.empty((n, k))
     for i in range(n):
         a = torch.from_numpy(activations[i])
@@ -398,12 +405,46 @@ def test_degenerate_channels_cost_less_and_change_nothing(tiny: Model) -> None:
         low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
         masks = (up - low) / (high - low + SCORE_EPS)
         masks[a.flatten(1).amax(1) == a.flatten(1).amin(1)] = 0
-        (out,) = tiny.session(contract.FORWARD_FILE).run(
-            ["logits"], {"pixels": (torch.from_numpy(pixels[i])[None] * masks[:, None]).numpy()})
-        scores[i] = torch.softmax(torch.from_numpy(out), 1)[:, targets[i]].numpy()
+        (out,) = forward.run(["logits"], {"pixels": (torch.from_numpy(pixels[i])[None] * masks[:, None]).numpy()})
+        scores[i] = torch.softmax(torch.from_numpy(out).double(), 1)[:, targets[i]].numpy()
     weights = torch.softmax(torch.from_numpy(scores), 1).numpy()
-    reference = np.maximum(np.einsum("nk,nkij->nij", weights, activations), 0)
-    assert rel_error(got, reference) < TOLERANCE
+    return weights, np.maximum(np.einsum("nk,nkij->nij", weights, activations), 0)
+
+
+def test_channels_with_the_same_mask_share_one_score_cam_row(tiny: Model) -> None:
+    """Copies, positive affine copies and one-position maps run once per image; the map is unchanged."""
+    pixels, _, activations = tiny.explain([0, 1])
+    targets = tiny.targets([0, 1])
+    n, k, h, w = activations.shape
+    rng = np.random.default_rng(3)
+    # multiples of 1/1024: the affine copies below are exact in float32
+    activations = (rng.integers(0, 2048, activations.shape) / 1024).astype(np.float32)
+    a = activations[0]
+    a[3] = a[1]  # a copy
+    a[4] = 2.5 * a[1] + 0.25  # a positive affine copy
+    a[5:10] = 0.0
+    a[5, 2, 3], a[6, 2, 3] = 0.75, 3.0  # nonzero at one position: the same normalised map
+    a[7, 2, 3] = a[8, 2, 3] = 0.05  # the same, but a range so small that the eps counts: not with 5
+    a[9, 2, 3] = 2e-9  # eps dominates its mask (about a sixth of channel 5's): must get its own row
+    a[10], a[11] = 0.0, 1.5  # constant: the shared all-zero row
+    b = activations[1]
+    b[2] = b[12]
+    b[13] = -b[12]  # a negative copy is a different (inverted) mask
+    plan = gf.score_cam_plan(activations)
+    assert plan.constant.sum() == 2 and plan.duplicates == 4 + 1  # 3, 4, 6, 8 of image 0; 2 or 12 of image 1
+    assert (plan.row_of[0, [3, 4]] == plan.row_of[0, 1]).all() and plan.row_of[0, 6] == plan.row_of[0, 5]
+    assert plan.row_of[0, 8] == plan.row_of[0, 7] != plan.row_of[0, 5] != plan.row_of[0, 9]
+    assert plan.row_of[1, 2] == plan.row_of[1, 12] != plan.row_of[1, 13]
+
+    forward = CountingSession(tiny.session(contract.FORWARD_FILE))
+    weights = gf.score_cam_weights(forward, pixels, activations, targets, batch_size=16)
+    assert forward.rows == plan.rows == n * gf.forward_count("scorecam", k, h, w) - 2 - 5 + 1
+    assert forward.runs == math.ceil((forward.rows - 1) / 16) + 1
+    got = gf.score_cam(tiny.session(contract.FORWARD_FILE), pixels, activations, targets)
+    reference_weights, reference = _score_reference(tiny.session(contract.FORWARD_FILE), pixels, activations,
+                                                    targets)
+    assert np.abs(weights - reference_weights).max() / reference_weights.max() < 1e-6
+    assert rel_error(got, reference) < 1e-5
 
 
 def _numpy_ablation(head, activations, logits, targets, channels=None) -> np.ndarray:
