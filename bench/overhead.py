@@ -29,7 +29,7 @@ from onnxcam import methods as registry  # noqa: E402
 from server.heatmaps import normalize, upsample  # noqa: E402
 from server.imaging import Geometry  # noqa: E402
 
-FULL_MODELS = ["resnet50", "vgg16", "efficientnet_lite0", "vit_b_16"]
+FULL_MODELS = ["resnet50", "vgg16", "efficientnet_lite0", "mobilenet_v3_large", "vit_b_16"]
 QUICK_MODELS = ["resnet18"]
 PEER_METHODS = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "layercam": "LayerCAM"}
 

@@ -15,6 +15,7 @@ from torch.fx import GraphModule
 
 from exporter.diagnose import describe_op
 from exporter.errors import ExportError
+from exporter.graph_rewrites import simplify
 
 OPSET = 18
 MAX_BATCH = 4096
@@ -83,8 +84,9 @@ def write_onnx(
 
     ``kind`` is the graph's signature: explainer (pixels, target), input_gradients (pixels, target,
     rule), head (activations[, pixels]) or forward (pixels). ``pixels_example`` serves only to name the
-    module of an op that fails.
+    module of an op that fails. The graph is simplified in place first (exporter/graph_rewrites.py).
     """
+    simplify(graph)
     wrapper = {"explainer": _ExplainerModule, "input_gradients": _InputGradientsModule, "head": _HeadModule,
                "forward": _ForwardModule}[kind](graph)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
