@@ -7,7 +7,8 @@ weight is expanded to [L, C, 3C] and multiplied batch by batch, in the forward a
 backward. In ONNX that is an Expand of 1.4 GB per ViT-B block (197 × 768 × 2304 floats) in every
 graph, which ONNX Runtime builds on every call (the export check of vit_b_16 ran out of memory).
 The pass below rewrites each ``bmm(x, expand(W))`` of the traced graph into
-``reshape(mm(reshape(x, [-1, C]), W))``: the same products, one GEMM.
+``reshape(mm(reshape(x, [-1, C]), W))``, and the backward's ``bmm(g, expand(W)ᵀ)`` into the same with
+Wᵀ: the same products, one GEMM each.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ aten = torch.ops.aten
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
-def _broadcast_matrix(node: object) -> Node | None:
-    """The 2-D node W when ``node`` is W expanded to [B, K, M] (possibly viewed as that same shape)."""
+def _broadcast_matrix(node: object) -> tuple[Node, bool] | None:
+    """(W, transposed) when ``node`` is the 2-D W expanded to [B, K, M] (possibly viewed as that same
+    shape), or that expansion with its last two dimensions swapped (the backward's product with W^T)."""
+    transposed = False
+    if isinstance(node, Node) and node.target == aten.transpose.int and \
+            sorted(d % 3 for d in node.args[1:]) == [1, 2] and isinstance(node.args[0], Node):
+        transposed, node = True, node.args[0]
     if isinstance(node, Node) and node.target in _VIEWS and isinstance(node.args[0], Node):
         if tuple(node.args[0].meta["val"].shape) != tuple(node.meta["val"].shape):
             return None
@@ -31,7 +37,7 @@ def _broadcast_matrix(node: object) -> Node | None:
     expanded = node.meta["val"].shape
     if matrix.meta["val"].dim() != 2 or len(expanded) != 3 or tuple(expanded[1:]) != tuple(matrix.meta["val"].shape):
         return None
-    return matrix
+    return matrix, transposed
 
 
 def _output_shape(shape: torch.Size) -> list[int] | None:
@@ -47,12 +53,15 @@ def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
         if node.op != "call_function" or node.target != aten.bmm.default:
             continue
         inputs, other = node.args
-        matrix = _broadcast_matrix(other)
+        found = _broadcast_matrix(other)
         inner = inputs.meta["val"].shape[-1]
         shape = _output_shape(node.meta["val"].shape)
-        if matrix is None or not isinstance(inner, int) or shape is None:
+        if found is None or not isinstance(inner, int) or shape is None:
             continue
+        matrix, transposed = found
         with graph.inserting_before(node):
+            if transposed:
+                matrix = graph.call_function(aten.t.default, (matrix,))
             rows = graph.call_function(aten.reshape.default, (inputs, [-1, inner]))
             product = graph.call_function(aten.mm.default, (rows, matrix))
             replacement = graph.call_function(aten.reshape.default, (product, shape))

@@ -144,12 +144,13 @@ def plain_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> GraphModule:
+def trace(function: Callable, model: nn.Module, *example: torch.Tensor, fold_matmuls: bool = True) -> GraphModule:
     """make_fx with a symbolic batch and every backward op decomposed to exportable ops.
 
     Weights are closed over, not traced inputs: as inputs every one of their dimensions would
     become a symbol too, which makes tracing about ten times slower for nothing. Products with a
-    weight matrix broadcast over a batch are folded into one GEMM (``fold_broadcast_matmuls``).
+    weight matrix broadcast over a batch are folded into one GEMM (``fold_broadcast_matmuls``; off only to
+    show in a test what it removes).
     """
     params, buffers = detached_state(model)
 
@@ -163,5 +164,6 @@ def trace(function: Callable, model: nn.Module, *example: torch.Tensor) -> Graph
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,  # the closed-over weights become graph constants
         )(*example)
-    fold_broadcast_matmuls(graph)
+    if fold_matmuls:
+        fold_broadcast_matmuls(graph)
     return graph

@@ -138,12 +138,19 @@ def test_exports_keep_the_contracts_grid_shapes(transformer_repo: Path) -> None:
 
 
 def expanded_weights(graph: Path) -> list[str]:
-    """Expand nodes whose data input is a weight matrix (an initializer of rank 2)."""
+    """Expand nodes whose data input is a weight matrix (an initializer of rank 2, maybe transposed)."""
     import onnx
 
     model = onnx.load(graph, load_external_data=False)
     matrices = {i.name for i in model.graph.initializer if len(i.dims) == 2}
-    return [node.name for node in model.graph.node if node.op_type == "Expand" and node.input[0] in matrices]
+    producers = {output: node for node in model.graph.node for output in node.output}
+
+    def weight(name: str) -> bool:
+        while name in producers and producers[name].op_type in ("Transpose", "Identity", "Reshape"):
+            name = producers[name].input[0]
+        return name in matrices
+
+    return [node.name for node in model.graph.node if node.op_type == "Expand" and weight(node.input[0])]
 
 
 @pytest.mark.slow
