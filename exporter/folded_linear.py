@@ -40,10 +40,18 @@ def _broadcast_matrix(node: object) -> tuple[Node, bool] | None:
     return matrix, transposed
 
 
-def _output_shape(shape: torch.Size) -> list[int] | None:
-    """[B, L, M] with the one dimension that is not a plain int as -1 (None: more than one is symbolic)."""
-    sizes = [s if isinstance(s, int) else -1 for s in shape]
-    return sizes if sizes.count(-1) <= 1 else None
+def _output_sizes(graph, inputs: Node, product: Node) -> list:
+    """bmm's output sizes [B, L, M] for the reshape: ints where known, ``sym_size`` nodes of the input
+    where symbolic (a head traced from a grid has a symbolic token count as well as a symbolic batch)."""
+    sizes: list = []
+    for dim, size in enumerate(product.meta["val"].shape):
+        if isinstance(size, int):
+            sizes.append(size)
+        else:
+            node = graph.call_function(aten.sym_size.int, (inputs, dim))
+            node.meta["val"] = inputs.meta["val"].shape[dim]
+            sizes.append(node)
+    return sizes
 
 
 def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
@@ -55,8 +63,7 @@ def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
         inputs, other = node.args
         found = _broadcast_matrix(other)
         inner = inputs.meta["val"].shape[-1]
-        shape = _output_shape(node.meta["val"].shape)
-        if found is None or not isinstance(inner, int) or shape is None:
+        if found is None or not isinstance(inner, int) or not isinstance(node.meta["val"].shape[-1], int):
             continue
         matrix, transposed = found
         with graph.inserting_before(node):
@@ -64,7 +71,7 @@ def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
                 matrix = graph.call_function(aten.t.default, (matrix,))
             rows = graph.call_function(aten.reshape.default, (inputs, [-1, inner]))
             product = graph.call_function(aten.mm.default, (rows, matrix))
-            replacement = graph.call_function(aten.reshape.default, (product, shape))
+            replacement = graph.call_function(aten.reshape.default, (product, _output_sizes(graph, inputs, node)))
         replacement.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from tiny_models import tiny_vit  # noqa: E402
 
 from exporter.layers import target_layer  # noqa: E402
-from exporter.tracing import detached_state, input_gradients_function, trace  # noqa: E402
+from exporter.tracing import detached_state, head_function, input_gradients_function, trace  # noqa: E402
 
 aten = torch.ops.aten
 LAYER = "encoder.layers.encoder_layer_1.ln_1"
@@ -49,3 +49,20 @@ def test_the_folded_graph_computes_what_eager_pytorch_does(traced) -> None:
     for ours, reference in zip(folded(pixels, target, rule), function(params, buffers, pixels, target, rule),
                                strict=True):
         assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6 * float(reference.abs().max()))
+
+
+def test_a_head_traced_from_the_grid_folds_with_a_symbolic_token_count() -> None:
+    # head.onnx starts from the [N, K, h, w] grid, so the token count is a symbol as well as the batch
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    function = head_function(model, target_layer(model, LAYER, pixels), None)
+    grid = torch.randn(2, 16, 4, 4)
+    unfolded = trace(function, model, grid, pixels, fold_matmuls=False)
+    folded = trace(function, model, grid, pixels)
+    assert len(expanded_matrices(unfolded)) == 2  # both blocks (the class token comes through the pixels)
+    assert expanded_matrices(folded) == []
+    params, buffers = detached_state(model)
+    grid, pixels = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 32, 32)
+    reference = function(params, buffers, grid, pixels)
+    assert torch.allclose(folded(grid, pixels), reference, rtol=1e-5, atol=1e-6 * float(reference.abs().max()))
