@@ -564,6 +564,9 @@ class Inputs:
     #: forward.onnx rows per run (Score-CAM): ``check`` runs between runs, so this bounds how long a
     #: caller that went away keeps the server busy.
     forward_rows: int = 32
+    #: head.onnx rows per run (Ablation-CAM, ReciproCAM), for the same reason: 256 for a CNN's head of a
+    #: few layers, down to 1 where every head row costs a forward (a ViT's head reads the pixels).
+    head_rows: int = 256
     #: The target is a ViT's token sequence: ReciproCAM masks tokens as ViT-ReciproCAM does.
     tokens: bool = False
 
@@ -576,7 +579,7 @@ class Inputs:
 
 def serve_ablationcam(x: Inputs) -> np.ndarray:
     return ablation_cam(x.head, x.activations, x.logits, x.targets, pixels=x.head_pixels, linear=x.linear,
-                        check=x.check)
+                        chunk_size=x.head_rows, check=x.check)
 
 
 def serve_scorecam(x: Inputs) -> np.ndarray:
@@ -584,7 +587,8 @@ def serve_scorecam(x: Inputs) -> np.ndarray:
 
 
 def serve_reciprocam(x: Inputs) -> np.ndarray:
-    return recipro_cam(x.head, x.activations, x.targets, pixels=x.head_pixels, check=x.check, own_features=x.tokens)
+    return recipro_cam(x.head, x.activations, x.targets, pixels=x.head_pixels, chunk_size=x.head_rows, check=x.check,
+                       own_features=x.tokens)
 
 
 def serve_eigencam(x: Inputs) -> np.ndarray:

@@ -36,6 +36,12 @@ TIMING_RUNS = 5
 #: A gradient-free method is timed by one real call when its estimate is below this, else estimated
 #: from its row count x the measured cost of a row, and validated on its first chunk of rows.
 FULL_MEASURE_LIMIT_MS = 2000.0
+#: A graph row slower than this alone is timed alone, not in a batch of 16 (a ViT's head runs the whole network).
+SLOW_ROW_MS = 50.0
+#: head.onnx rows per run at most, and the time one run of them should take: a cancelled or timed-out
+#: Ablation-CAM or ReciproCAM stops within about that, whatever one row costs.
+HEAD_ROWS = 256
+CHUNK_MS = 250.0
 RENDER_PROBE_SIDE = 256
 #: What the server reads from input_gradients.onnx (saliency, the rule's gradient, Guided Grad-CAM).
 INPUT_OUTPUTS = [contract.OUTPUT_LOGITS, contract.OUTPUT_INPUT_GRADIENTS, contract.OUTPUT_SALIENCY,
@@ -111,6 +117,7 @@ class LoadedModel:
         self.linear = self._load_linear()
         self.gradient_free = gradient_free_api.load()
         self.methods, self.unavailable = self._methods()
+        self._head_rows = HEAD_ROWS
         self._measured, self._extra = self._warm_up_and_measure()
         batch = dict(max_batch=config.max_batch, max_delay_s=config.max_delay_ms / 1000.0, max_queue=config.max_queue)
         self.explain_batcher = Batcher(f"{self.name}/explainer", self._run_explainer, **batch)
@@ -232,15 +239,24 @@ class LoadedModel:
         return feed
 
     def _per_row_ms(self, graphs: set[Graph], pixels: np.ndarray, activations: np.ndarray) -> dict[Graph, float]:
-        """ms per row of each graph the gradient-free methods run, measured on a batch of rows."""
+        """ms per row of each graph the gradient-free methods run, measured on a batch of rows (one row
+        when a row alone takes over SLOW_ROW_MS: a ViT's head runs the whole network)."""
         rows = min(self.info.activation_shape[0], 16)
         per_row = {Graph.NONE: 0.0}
         for graph in graphs - {Graph.NONE}:
-            if graph is Graph.HEAD:
-                session, feed = self.head, self._head_feed(np.repeat(activations, rows, 0), np.repeat(pixels, rows, 0))
+            def feed(n: int, graph: Graph = graph) -> tuple[Any, dict[str, np.ndarray]]:
+                if graph is Graph.HEAD:
+                    return self.head, self._head_feed(np.repeat(activations, n, 0), np.repeat(pixels, n, 0))
+                return self.forward, {contract.INPUT_PIXELS: np.repeat(pixels, n, 0)}
+
+            session, one = feed(1)
+            single = _median_ms(lambda s=session, f=one: s.run(None, f), runs=1)
+            if single > SLOW_ROW_MS:
+                per_row[graph] = single
             else:
-                session, feed = self.forward, {contract.INPUT_PIXELS: np.repeat(pixels, rows, 0)}
-            per_row[graph] = _median_ms(lambda s=session, f=feed: s.run(None, f), runs=3) / rows
+                session, many = feed(rows)
+                per_row[graph] = _median_ms(lambda s=session, f=many: s.run(None, f), runs=3) / rows
+        self._head_rows = max(1, min(HEAD_ROWS, int(CHUNK_MS / max(per_row.get(Graph.HEAD, 0.0), 1e-3))))
         return per_row
 
     def _measure_gradient_free(self, method: str, per_row: dict[Graph, float], pixels: np.ndarray,
@@ -322,7 +338,8 @@ class LoadedModel:
         """Score-CAM's forward rows per run: the batch size, so that a cancelled call stops within one
         batch's time (an older gradient-free module without the field keeps its own)."""
         fields = getattr(self.gradient_free.module.Inputs, "__dataclass_fields__", {})
-        return {"forward_rows": self.config.max_batch} if "forward_rows" in fields else {}
+        rows = {"forward_rows": self.config.max_batch, "head_rows": self._head_rows}
+        return {name: value for name, value in rows.items() if name in fields}
 
     def batcher_for(self, graph: Graph) -> Batcher:
         """The batcher of a graph that sampled methods send rows to."""
