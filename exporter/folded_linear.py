@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
+from exporter.graph_rewrites import replace, tidy
+
 aten = torch.ops.aten
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
@@ -72,12 +74,6 @@ def fold_broadcast_matmuls(graph_module: GraphModule) -> int:
             rows = graph.call_function(aten.reshape.default, (inputs, [-1, inner]))
             product = graph.call_function(aten.mm.default, (rows, matrix))
             replacement = graph.call_function(aten.reshape.default, (product, _output_sizes(graph, inputs, node)))
-        replacement.meta["val"] = node.meta["val"]
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        replace(graph_module, node, replacement)
         folded += 1
-    if folded:
-        graph.eliminate_dead_code()
-        graph.lint()
-        graph_module.recompile()
-    return folded
+    return tidy(graph_module, folded)

@@ -24,6 +24,21 @@ def _is_call(node: object, targets: tuple) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target in targets
 
 
+def replace(graph: GraphModule, node: Node, replacement: Node) -> None:
+    """``replacement`` takes ``node``'s place, users and metadata; ``node`` goes."""
+    replacement.meta.update(node.meta)
+    node.replace_all_uses_with(replacement)
+    graph.graph.erase_node(node)
+
+
+def tidy(graph: GraphModule, rewritten: int) -> int:
+    """After ``rewritten`` replacements: drop what no longer has users and regenerate the code."""
+    if rewritten:
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+    return rewritten
+
+
 def _is_ones(node: object) -> bool:
     """ones, or ones broadcast by ``expand`` (how sum's backward hands 1 to gather's backward)."""
     if _is_call(node, (aten.expand.default,)):
@@ -62,14 +77,9 @@ def one_hot_products_as_gathers(graph: GraphModule) -> int:
         with graph.graph.inserting_before(node):
             rows = _squeezed(graph, index)
             gathered = graph.graph.call_function(aten.index_select.default, (matrix, 0, rows))
-        gathered.meta.update(node.meta)
-        node.replace_all_uses_with(gathered)
-        graph.graph.erase_node(node)
+        replace(graph, node, gathered)
         rewritten += 1
-    if rewritten:
-        graph.graph.eliminate_dead_code()
-        graph.recompile()
-    return rewritten
+    return tidy(graph, rewritten)
 
 
 def _is_number(value: object) -> bool:
@@ -93,14 +103,9 @@ def scaling_before_broadcast(graph: GraphModule) -> int:
         with graph.graph.inserting_before(node):
             scaled = graph.graph.call_function(node.target, (source, divisor))
             expanded = graph.graph.call_function(aten.expand.default, (scaled, *size))
-        expanded.meta.update(node.meta)
-        node.replace_all_uses_with(expanded)
-        graph.graph.erase_node(node)
+        replace(graph, node, expanded)
         rewritten += 1
-    if rewritten:
-        graph.graph.eliminate_dead_code()
-        graph.recompile()
-    return rewritten
+    return tidy(graph, rewritten)
 
 
 def simplify(graph: GraphModule) -> GraphModule:
